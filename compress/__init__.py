@@ -1,0 +1,1 @@
+"""Model loading, evaluation data, measurement, and the compression operators."""

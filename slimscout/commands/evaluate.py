@@ -1,0 +1,75 @@
+"""``slimscout evaluate``: measure a model (optionally with a config applied) on held text."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from slimscout.commands._common import note, positive_int, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("evaluate", help="measure perplexity, KL to dense, parameters and bytes")
+    parser.add_argument("--model", required=True, help="catalog id, local directory, or hub id")
+    parser.add_argument("--config", help="config document (slimscout.config/v1 JSON); default: dense")
+    parser.add_argument("--dataset", default="lee-news", help="lee-news, a .txt/.jsonl file, or hf:NAME")
+    parser.add_argument("--split", default="search", choices=["calibration", "search", "holdout"])
+    parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens (default 2048)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimscout.errors import DatasetError
+
+    if args.tokens < 2:
+        raise DatasetError(f"--tokens must be at least 2, got {args.tokens}")
+    result = evaluate(model_id=args.model, config_path=args.config, dataset=args.dataset, split=args.split,
+                      tokens=args.tokens)
+    if args.json:
+        print_json(result)
+    else:
+        for key, value in result.items():
+            print(f"{key:16} {value}")
+    return 0
+
+
+def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: str, tokens: int) -> dict[str, Any]:
+    from compress.config import CompressionConfig, load_config
+    from compress.data import token_stream
+    from compress.session import ModelSession
+
+    started = time.perf_counter()
+    config = load_config(config_path) if config_path else None  # validate before the slow load
+    note(f"loading {model_id} …")
+    session = ModelSession.open(model_id)
+    if config is None:
+        config = CompressionConfig(session.loaded.model_id)
+    session.check_model(config)
+    token_stream(dataset, split, session.loaded.tokenizer).take(tokens)  # fail fast on a short split
+    cost = session.cost(config)
+    session.warm(config)
+    evaluator = session.evaluator(dataset=dataset, split=split, tokens=tokens)
+    apply_s = 0.0
+    if config.layers:
+        with session.applied(config) as apply_s:
+            metrics = evaluator.evaluate()
+    else:
+        metrics = evaluator.dense_metrics()
+    dense_bytes = 2 * session.params_linear
+    return {
+        "model": model_id, "dataset": dataset, "split": split, "tokens": tokens,
+        "predicted_tokens": metrics.n_tokens,
+        "ppl": metrics.ppl, "kl": metrics.kl, "cosine": metrics.cosine,
+        "params_total": session.params_total - session.params_linear + cost.params,
+        "params_total_dense": session.params_total,
+        "params_linear": session.params_linear, "params_kept": cost.params,
+        "keep_ratio": cost.params / session.params_linear,
+        "bytes": cost.bytes, "bytes_linear_dense": dense_bytes,
+        "seconds": time.perf_counter() - started,
+        "timing": {"load_s": session.loaded.load_seconds, "calibration_s": session.timings.calibration_s,
+                   "svd_s": session.timings.svd_s, "ranks_s": session.timings.ranks_s,
+                   "cache_load_s": session.timings.load_s, "reference_s": evaluator.reference_seconds,
+                   "apply_s": apply_s, "forward_s": metrics.seconds},
+    }

@@ -1,0 +1,31 @@
+"""The only place configuration is read: environment variables prefixed ``SLIMSCOUT_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLIMSCOUT_", env_file=".env", extra="ignore")
+
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "slimscout")
+    storage_url: str = "sqlite:///slimscout.db"
+    # Directories the service may load local models from (the CLI may load any local path).
+    model_roots: list[Path] = Field(default_factory=list)
+    trust_remote_code: bool = False
+    hub_timeout_s: float = 3.0
+    api_token: str | None = None
+    max_trials: int = 1000
+    max_eval_tokens: int = 65536
+    max_request_bytes: int = 1_000_000
+    heartbeat_interval_s: int = 10
+    torch_threads: int | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
