@@ -49,9 +49,9 @@ def collect_stats(model: nn.Module, layers: list[LinearLayer], tokens: torch.Ten
                 return
             seen_inputs[key] = (x, name)
             leader[name] = name
-            flat = x.reshape(-1, x.shape[-1]).double()
+            flat = x.reshape(-1, x.shape[-1]).float()
+            update = (flat.T @ flat).double()  # one chunk in float32 (fast), the running sum in float64
             gram = grams.get(name)
-            update = flat.T @ flat
             grams[name] = update if gram is None else gram + update
         return hook
 

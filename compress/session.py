@@ -205,16 +205,16 @@ class ModelSession:
         assert sparsity is not None
         if sparsity.ratio == 0:
             return matrix
+        if cached_ranks is not None:
+            return matrix.masked_fill(~unstructured_mask(cached_ranks, sparsity.ratio), 0.0)
         score = wanda_score(matrix, input_norm) if input_norm is not None else magnitude_score(matrix)
         nm = sparsity.nm
-        if nm is not None:
-            try:
-                keep = nm_mask(score, *nm)
-            except ConfigError as exc:
-                raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
-        else:
-            keep = unstructured_mask(cached_ranks if cached_ranks is not None else row_ranks(score), sparsity.ratio)
-        return matrix * keep
+        if nm is None:
+            return matrix.masked_fill(~unstructured_mask(row_ranks(score), sparsity.ratio), 0.0)
+        try:
+            return matrix.masked_fill(~nm_mask(score, *nm), 0.0)
+        except ConfigError as exc:
+            raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
 
     @staticmethod
     def _quantize(matrix: torch.Tensor, cfg: LayerConfig) -> torch.Tensor:

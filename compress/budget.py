@@ -1,0 +1,188 @@
+"""Per-layer keep ratios → budget-exact layer configs.
+
+An *operator* here is what reduces a layer's parameters: ``wanda`` / ``magnitude`` (unstructured
+sparsity), ``svd`` / ``svd-whitened`` (low rank), ``nm-2:4`` / ``nm-4:8`` (N:M sparsity, a fixed
+keep of N/M or dense). ``int8`` / ``int4`` / ``sdq`` quantize what is stored on top (bytes, not
+params). A keep ratio becomes a setting by exact rounding (whole weights per row, whole ranks).
+
+``project_to_budget`` finds one global scalar ``t`` by bisection so that the configs of a
+monotone family ``keep(t)`` meet the budget: every config that reaches a worker is feasible by
+construction. Costs are computed in closed form with numpy (microseconds per step) and agree with
+``compress.accounting`` exactly (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec
+from compress.layers import LinearLayer
+from slimscout.errors import BudgetError, ConfigError
+
+SPARSITY_OPERATORS = {"wanda": "wanda", "magnitude": "magnitude"}
+LOWRANK_OPERATORS = {"svd": "svd", "svd-whitened": "svd-whitened"}
+NM_OPERATORS = {"nm-2:4": (2, 4), "nm-4:8": (4, 8)}
+QUANT_OPERATORS = {"int8": QuantSpec(8, 128), "int4": QuantSpec(4, 128), "sdq": QuantSpec(4, 128, "1:8")}
+PARAM_OPERATORS = (*SPARSITY_OPERATORS, *LOWRANK_OPERATORS, *NM_OPERATORS)
+OPERATORS = (*PARAM_OPERATORS, *QUANT_OPERATORS)
+MIN_KEEP = 0.02
+BUDGET_TOLERANCE = 0.005  # relative
+
+
+def check_operators(operators: Sequence[str]) -> tuple[list[str], QuantSpec | None]:
+    """Split an operator list into the parameter-reducing ones and at most one quantizer."""
+    unknown = [op for op in operators if op not in OPERATORS]
+    if unknown:
+        raise ConfigError("operators", f"unknown operator {unknown[0]!r} (one of {', '.join(OPERATORS)})")
+    param_ops = [op for op in operators if op in PARAM_OPERATORS]
+    quant_ops = [op for op in operators if op in QUANT_OPERATORS]
+    if not param_ops:
+        raise ConfigError("operators", f"need at least one of {', '.join(PARAM_OPERATORS)} to reduce parameters")
+    if len(quant_ops) > 1:
+        raise ConfigError("operators", f"at most one quantizer, got {', '.join(quant_ops)}")
+    return param_ops, QUANT_OPERATORS[quant_ops[0]] if quant_ops else None
+
+
+@dataclass(frozen=True)
+class LayerArrays:
+    """Layer shapes as numpy arrays, for vectorized cost computation."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+
+    @classmethod
+    def of(cls, layers: Sequence[LinearLayer]) -> LayerArrays:
+        return cls(np.array([layer.out_features for layer in layers], dtype=np.int64),
+                   np.array([layer.in_features for layer in layers], dtype=np.int64))
+
+    @property
+    def params(self) -> np.ndarray:
+        return self.rows * self.cols
+
+
+def _sparse_pruned(cols: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    return np.clip(np.round((1.0 - keep) * cols), 0, cols - 1).astype(np.int64)
+
+
+def _ranks(arrays: LayerArrays, keep: np.ndarray) -> np.ndarray:
+    full = np.minimum(arrays.rows, arrays.cols)
+    return np.clip(np.floor(keep * arrays.params / (arrays.rows + arrays.cols)), 1, full).astype(np.int64)
+
+
+def kept_params(arrays: LayerArrays, keep: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """Exact stored parameters per layer. kinds: 0 sparse, 1 low rank, 2 N:M (keep is N/M or 1)."""
+    dense = arrays.params
+    sparse = arrays.rows * (arrays.cols - _sparse_pruned(arrays.cols, keep))
+    ranks = _ranks(arrays, keep)
+    lowrank = np.where(ranks * (arrays.rows + arrays.cols) < dense, ranks * (arrays.rows + arrays.cols), dense)
+    nm = np.where(keep < 1.0, np.round(dense * keep), dense).astype(np.int64)
+    out = np.where(kinds == 0, sparse, np.where(kinds == 1, lowrank, nm))
+    return np.where(keep >= 1.0, dense, out)
+
+
+def layer_config(layer: LinearLayer, keep: float, operator: str, quant: QuantSpec | None = None) -> LayerConfig:
+    """The setting of ``operator`` that keeps ``keep`` of the layer (rounded as ``kept_params`` does)."""
+    if keep >= 1.0:
+        return LayerConfig(quant=quant)
+    if operator in SPARSITY_OPERATORS:
+        pruned = int(_sparse_pruned(np.array([layer.in_features]), np.array([keep]))[0])
+        ratio = pruned / layer.in_features
+        return LayerConfig(sparsity=SparsitySpec(ratio, SPARSITY_OPERATORS[operator]) if pruned else None,
+                           quant=quant)
+    if operator in LOWRANK_OPERATORS:
+        arrays = LayerArrays.of([layer])
+        rank = int(_ranks(arrays, np.array([keep]))[0])
+        if rank * (layer.in_features + layer.out_features) >= layer.params:
+            return LayerConfig(quant=quant)
+        return LayerConfig(lowrank=LowRankSpec(rank, LOWRANK_OPERATORS[operator]), quant=quant)  # type: ignore[arg-type]
+    if operator in NM_OPERATORS:
+        n, m = NM_OPERATORS[operator]
+        return LayerConfig(sparsity=SparsitySpec(1 - n / m, "wanda", f"{n}:{m}"), quant=quant)
+    raise ConfigError("operators", f"unknown operator {operator!r}")
+
+
+def _kinds(operators: Sequence[str]) -> np.ndarray:
+    return np.array([0 if op in SPARSITY_OPERATORS else 1 if op in LOWRANK_OPERATORS else 2 for op in operators])
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A budget-exact per-layer allocation: keep ratio and operator per layer, and its exact cost."""
+
+    keep: dict[str, float]
+    operators: dict[str, str]
+    params_kept: int
+    params_linear: int
+    t: float
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.params_kept / self.params_linear
+
+    def layer_configs(self, layers: Sequence[LinearLayer], quant: QuantSpec | None = None) -> dict[str, LayerConfig]:
+        configs = {layer.name: layer_config(layer, self.keep[layer.name], self.operators[layer.name], quant)
+                   for layer in layers}
+        return {name: cfg for name, cfg in configs.items() if not cfg.is_dense}
+
+
+def project_to_budget(layers: Sequence[LinearLayer], family: Callable[[float], np.ndarray], budget: float,
+                      operators: Mapping[str, str], *, lo: float = -30.0, hi: float = 30.0,
+                      tolerance: float = BUDGET_TOLERANCE) -> Allocation:
+    """Bisect ``t`` so that ``family(t)`` (per-layer keep, increasing in t) meets ``budget`` exactly.
+
+    N:M layers take keep N/M when their keep falls below 1 (else dense). Raises BudgetError when no t
+    reaches the budget within ``tolerance``.
+    """
+    if not 0.0 < budget <= 1.0:
+        raise BudgetError(f"budget must be in (0, 1], got {budget}")
+    arrays = LayerArrays.of(layers)
+    ops = [operators[layer.name] for layer in layers]
+    kinds = _kinds(ops)
+    nm_keep = np.array([NM_OPERATORS[op][0] / NM_OPERATORS[op][1] if op in NM_OPERATORS else 0.0 for op in ops])
+    total = int(arrays.params.sum())
+    target = budget * total
+
+    def keep_at(t: float) -> np.ndarray:
+        keep = np.clip(family(t), MIN_KEEP, 1.0)
+        return np.where(kinds == 2, np.where(keep < 1.0, nm_keep, 1.0), keep)
+
+    def cost(t: float) -> int:
+        return int(kept_params(arrays, keep_at(t), kinds).sum())
+
+    if cost(hi) < target * (1 - tolerance) or cost(lo) > target * (1 + tolerance):
+        raise BudgetError(f"budget {budget} is out of reach with operators {sorted(set(ops))} "
+                          f"(reachable keep ratio: {cost(lo) / total:.3f} to {cost(hi) / total:.3f})")
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if cost(mid) > target:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-9:
+            break
+    best = min((lo, hi), key=lambda t: abs(cost(t) - target))
+    kept = cost(best)
+    if abs(kept - target) > tolerance * target:
+        raise BudgetError(f"budget {budget}: the closest feasible allocation keeps {kept / total:.4f} "
+                          f"(N:M layers come in steps; add a finer operator)")
+    keep = keep_at(best)
+    return Allocation({layer.name: float(k) for layer, k in zip(layers, keep, strict=True)},
+                      {layer.name: op for layer, op in zip(layers, ops, strict=True)}, kept, total, best)
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def logit_family(raw_keep: np.ndarray) -> Callable[[float], np.ndarray]:
+    """keep(t) = sigmoid(logit(raw) + t): the shape of ``raw_keep``, moved to the budget by t."""
+    base = logit(raw_keep)
+    return lambda t: sigmoid(base + t)

@@ -1,0 +1,123 @@
+"""Predictor-guided search: the XGBoost accuracy predictor screens candidates before workers measure.
+
+Each round (when the queue is empty): fit the predictor on every measured (config, quality) pair;
+draw many candidates — perturbations of the best measured knobs and random points inside the knob
+ranges where the best configurations live (the search space shrinks as evidence accrues); score
+them all with the predictor; enqueue only the top few, with an exploration share picked by
+uncertainty. Until ``n_init`` trials are measured, the plain sampler (TPE) proposes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+
+from compress.config import LayerConfig, config_from_dict
+from predictor.features import FeatureBuilder
+from predictor.proxy import LayerProxy
+from predictor.report import cross_validated_quality
+from predictor.screen import screen, shrink_ranges
+from predictor.xgb import XGBPredictor
+from search.context import Workbench
+from search.space import SearchSpace
+from search.spec import StudySpec
+from search.study import Counts, measured
+
+log = logging.getLogger(__name__)
+PREDICTOR_ATTR = "predictor"
+
+
+def target(value: float) -> float:
+    """The predictor learns log(objective): perplexity and KL are both positive and heavy-tailed."""
+    return math.log(max(value, 1e-9))
+
+
+@dataclass
+class Guide:
+    n_init: int = 10
+    n_candidates: int = 400
+    per_round: int = 2
+    explore_share: float = 0.25
+    cv_every: int = 5
+    _features: dict[str, FeatureBuilder] = field(default_factory=dict)
+    _proxies: dict[str, LayerProxy] = field(default_factory=dict)
+
+    def features(self, spec: StudySpec, bench: Workbench) -> FeatureBuilder:
+        if spec.model_id not in self._features:
+            session = bench.session(spec.model_id)
+            self._proxies[spec.model_id] = LayerProxy(session)
+            self._features[spec.model_id] = FeatureBuilder(session.layers, self._proxies[spec.model_id])
+        return self._features[spec.model_id]
+
+    def training_set(self, study: optuna.Study, spec: StudySpec,
+                     bench: Workbench) -> tuple[np.ndarray, np.ndarray, list[optuna.trial.FrozenTrial]]:
+        trials = [t for t in measured(study) if "config" in t.user_attrs and t.value is not None]
+        builder = self.features(spec, bench)
+        X = builder.matrix([config_from_dict(t.user_attrs["config"]).layers for t in trials])
+        y = np.array([target(float(t.value)) for t in trials])  # type: ignore[arg-type]
+        return X, y, trials
+
+    def __call__(self, study: optuna.Study, spec: StudySpec, bench: Workbench, now: Counts) -> int:
+        """One screening round; returns how many candidates it enqueued (0: let the sampler propose)."""
+        open_slots = spec.n_trials - (now.finished + now.running + now.waiting)
+        X, y, trials = self.training_set(study, spec, bench)
+        if len(trials) < self.n_init or open_slots <= 0:
+            return 0
+        space = bench.space(spec)
+        rng = np.random.default_rng(spec.seed * 7919 + len(trials))
+        model = XGBPredictor(seed=spec.seed).fit(X, y)
+        candidates = self.candidates(space, trials, rng)
+        configs = [space.allocation(params) for params in candidates]
+        layer_sets: list[dict[str, LayerConfig]] = [a.layer_configs(space.layers, space.quant) for a in configs]
+        Xc = self.features(spec, bench).matrix(layer_sets)
+        mean, std = model.predict_with_uncertainty(Xc)
+        picks = screen(Xc, model, k=min(self.per_round, open_slots), explore_share=self.explore_share, rng=rng)
+        for index in picks:
+            study.enqueue_trial(candidates[index], user_attrs={
+                "source": "predictor", "predicted": math.exp(float(mean[index])),
+                "predicted_std": float(std[index])})
+        self.record(study, X, y, trials, n_scored=len(candidates), n_enqueued=len(picks))
+        return len(picks)
+
+    def candidates(self, space: SearchSpace, trials: list[optuna.trial.FrozenTrial],
+                   rng: np.random.Generator) -> list[dict[str, Any]]:
+        ranked = sorted(trials, key=lambda t: float(t.value))  # type: ignore[arg-type]
+        knobs = space.knob_names()
+        ranges: dict[str, tuple[float, float]] = {}
+        if knobs:
+            values = np.array([[float(t.params.get(k, 0.0)) for k in knobs] for t in ranked])
+            scores = np.array([float(t.value) for t in ranked])  # type: ignore[arg-type]
+            bounds = [(space.low, space.high)] * len(knobs)
+            ranges = dict(zip(knobs, shrink_ranges(values, scores, quantile=0.3, margin=0.15, bounds=bounds),
+                              strict=True))
+        elite = [t.params for t in ranked[:5]]
+        out: list[dict[str, Any]] = []
+        n_perturb = self.n_candidates // 2
+        for i in range(n_perturb):
+            scale = 0.5 if i % 3 == 0 else 0.2
+            out.append(space.perturb(elite[i % len(elite)], rng, scale=scale))
+        out += [space.sample(rng, ranges) for _ in range(self.n_candidates - n_perturb)]
+        return out
+
+    def record(self, study: optuna.Study, X: np.ndarray, y: np.ndarray, trials: list[optuna.trial.FrozenTrial],
+               *, n_scored: int, n_enqueued: int) -> None:
+        previous = study.user_attrs.get(PREDICTOR_ATTR, {})
+        report: dict[str, Any] = dict(previous)
+        if len(trials) - int(previous.get("cv_at", -999)) >= self.cv_every:
+            quality = cross_validated_quality(X, y, lambda: XGBPredictor(seed=0), folds=5)
+            report |= {"spearman": quality["spearman"], "mae": quality["mae"], "cv_at": len(trials),
+                       "cv_pairs": [[math.exp(p), math.exp(m)] for p, m in quality["pairs"]]}
+        screened_pairs = [[t.user_attrs["predicted"], float(t.value)] for t in trials  # type: ignore[arg-type]
+                          if "predicted" in t.user_attrs]
+        report |= {"n_train": len(trials), "n_screened": int(previous.get("n_screened", 0)) + n_scored - n_enqueued,
+                   "n_enqueued": int(previous.get("n_enqueued", 0)) + n_enqueued, "pairs": screened_pairs}
+        study.set_user_attr(PREDICTOR_ATTR, report)
+
+
+def make_guide() -> Guide:
+    return Guide()

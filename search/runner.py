@@ -1,0 +1,99 @@
+"""Run a whole study from one command: seed with baselines, measure with K workers, claim on holdout."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from compress.config import CompressionConfig, config_from_dict
+from search.context import Workbench
+from search.setup import finalize, seed_study
+from search.spec import StudySpec
+from search.study import best_trial, counts, create_study, load_study, normalize_url
+from search.worker import Guide, work_on_study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What a progress display needs after each trial."""
+
+    finished: int
+    total: int
+    best: float | None
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        return None if self.finished == 0 else self.elapsed_s / self.finished * (self.total - self.finished)
+
+
+def worker_command(url: str, name: str, index: int) -> list[str]:
+    return [sys.executable, "-m", "slimscout.cli", "worker", "--storage", url, "--study", name, "--index", str(index)]
+
+
+def run_search(spec: StudySpec, *, storage_url: str, study_name: str, workers: int = 0,
+               bench: Workbench | None = None, guide: Guide | None = None,
+               on_status: Callable[[str], None] | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    url = normalize_url(storage_url)
+    bench = bench or Workbench()
+    study = create_study(url, study_name, spec)
+    seed_study(study, spec, bench, on_step=on_status)
+    if on_status:
+        on_status("searching")
+
+    def report(*_: object) -> None:
+        if on_progress:
+            best = best_trial(study)
+            on_progress(Progress(counts(study).finished, spec.n_trials, None if best is None else best.value,
+                                 time.perf_counter() - started))
+
+    if workers == 0:
+        work_on_study(url, study_name, bench, on_trial=report, guide=guide)
+    else:
+        _run_subprocess_workers(url, study_name, workers, report)
+    if on_status:
+        on_status("re-measuring on holdout")
+    summary = finalize(study, spec, bench)
+    best = best_trial(study)
+    summary["seconds"] = time.perf_counter() - started
+    summary["n_trials"] = spec.n_trials
+    summary["study"] = study_name
+    summary["best_config"] = best.user_attrs["config"] if best else None
+    return summary
+
+
+def _run_subprocess_workers(url: str, name: str, workers: int, report: Callable[[], None]) -> None:
+    procs = [subprocess.Popen(worker_command(url, name, i)) for i in range(workers)]
+    study, _ = load_study(url, name)
+    try:
+        last = -1
+        while any(p.poll() is None for p in procs):
+            finished = counts(study).finished
+            if finished != last:
+                report()
+                last = finished
+            time.sleep(1.0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+    failed = [p.returncode for p in procs if p.returncode not in (0, None)]
+    if failed:
+        log.warning("workers exited with %s", failed)
+
+
+def best_config(summary: dict[str, Any]) -> CompressionConfig | None:
+    raw = summary.get("best_config")
+    return config_from_dict(raw) if raw else None
+

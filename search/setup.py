@@ -1,0 +1,112 @@
+"""Study setup and wrap-up: seed trials from the baselines; re-measure the winner on holdout."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from compress.baselines import BaselineResult, build_baseline
+from compress.budget import SPARSITY_OPERATORS, check_operators
+from compress.config import CompressionConfig, config_from_dict
+from search.context import Workbench
+from search.spec import StudySpec
+from search.study import SETUP_ATTR, SUMMARY_ATTR, best_trial, measured
+
+log = logging.getLogger(__name__)
+
+
+def applicable_baselines(spec: StudySpec) -> list[str]:
+    param_ops, _ = check_operators(spec.operators)
+    methods = list(spec.baselines)
+    if "owl" in methods and param_ops[0] not in SPARSITY_OPERATORS:
+        methods.remove("owl")  # OWL allocates unstructured sparsity; it says nothing about ranks
+    return methods
+
+
+def seed_study(study: optuna.Study, spec: StudySpec, bench: Workbench,
+               on_step: Callable[[str], None] | None = None) -> dict[str, BaselineResult]:
+    """Build the baselines and enqueue them first, so the search starts from them. Idempotent."""
+    if study.user_attrs.get(SETUP_ATTR):
+        return {}
+    session = bench.session(spec.model_id)
+    space = bench.space(spec)
+    results: dict[str, BaselineResult] = {}
+    for method in applicable_baselines(spec):
+        if on_step:
+            on_step(f"baseline {method}")
+        kwargs: dict[str, Any] = {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} \
+            if method == "sensitivity" else {}
+        result = build_baseline(method, session, spec.budget, spec.operators, **kwargs)
+        results[method] = result
+        params = space.fit_params(result.allocation.keep, result.allocation.operators)
+        study.enqueue_trial(params, user_attrs={"source": f"baseline:{method}",
+                                                "seed_config": result.config.to_dict()})
+    scan = results.get("sensitivity")
+    study.set_user_attr("sensitivity_scan", {"evaluations": scan.evaluations if scan else 0,
+                                             "tokens": scan.scan_tokens if scan else 0,
+                                             "seconds": scan.seconds if scan else 0.0})
+    study.set_user_attr(SETUP_ATTR, True)
+    return results
+
+
+def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
+    """Best so far and the baselines, from the measured trials (cheap; no forward pass)."""
+    trials = measured(study)
+    baselines = {}
+    for trial in trials:
+        source = str(trial.user_attrs.get("source", ""))
+        if source.startswith("baseline:"):
+            baselines[source.removeprefix("baseline:")] = _trial_metrics(trial)
+    best = best_trial(study)
+    scan = study.user_attrs.get("sensitivity_scan", {})
+    finished = [t for t in study.get_trials(deepcopy=False)
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return {"best": _trial_metrics(best) if best else None, "baselines": baselines,
+            "evaluations": len(finished),
+            "evaluated_tokens": int(sum(t.user_attrs.get("n_tokens", 0) for t in finished)),
+            "sensitivity_evaluations": scan.get("evaluations", 0),
+            "sensitivity_tokens": scan.get("evaluations", 0) * scan.get("tokens", 0),
+            "predictor": study.user_attrs.get("predictor")}
+
+
+def _trial_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {"trial": trial.number, "value": trial.value, "ppl": attrs.get("ppl"), "kl": attrs.get("kl"),
+            "keep_ratio": attrs.get("keep_ratio"), "source": attrs.get("source")}
+
+
+def holdout_check(study: optuna.Study, spec: StudySpec, bench: Workbench) -> dict[str, Any]:
+    """Re-measure the winner and each baseline on the holdout split (choose on search, claim on holdout)."""
+    session = bench.session(spec.model_id)
+    evaluator = bench.evaluator(spec.model_id, spec.dataset, "holdout", spec.holdout_tokens)
+    picks: dict[str, CompressionConfig] = {}
+    best = best_trial(study)
+    if best is not None:
+        picks["best"] = config_from_dict(best.user_attrs["config"])
+    for trial in measured(study):
+        source = str(trial.user_attrs.get("source", ""))
+        if source.startswith("baseline:"):
+            picks[source.removeprefix("baseline:")] = config_from_dict(trial.user_attrs["config"])
+    out: dict[str, Any] = {"dense": _dense(evaluator), "tokens": spec.holdout_tokens}
+    for name, config in picks.items():
+        start = time.perf_counter()
+        with session.applied(config):
+            metrics = evaluator.evaluate()
+        out[name] = {"ppl": metrics.ppl, "kl": metrics.kl, "seconds": time.perf_counter() - start}
+    return out
+
+
+def _dense(evaluator: Any) -> dict[str, Any]:
+    metrics = evaluator.dense_metrics()
+    return {"ppl": metrics.ppl, "kl": 0.0}
+
+
+def finalize(study: optuna.Study, spec: StudySpec, bench: Workbench) -> dict[str, Any]:
+    summary = summarize(study, spec)
+    summary["holdout"] = holdout_check(study, spec, bench)
+    study.set_user_attr(SUMMARY_ATTR, summary)
+    return summary

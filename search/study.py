@@ -1,0 +1,124 @@
+"""The Optuna study: RDB storage (the queue), samplers by name, seeding with baselines, counting, summary.
+
+Optuna's RDB storage is the work queue: enqueued WAITING trials are claimed atomically by
+``study.ask()`` (a compare-and-set on the trial state), a heartbeat marks the trials that live
+workers hold, and a stale trial (its worker died) is failed and re-enqueued once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from search.spec import StudySpec
+from slimscout.settings import get_settings
+
+log = logging.getLogger(__name__)
+SPEC_ATTR = "slimscout"
+SUMMARY_ATTR = "summary"
+SETUP_ATTR = "setup_done"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def normalize_url(url: str) -> str:
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+
+
+_STORAGES: dict[str, RDBStorage] = {}
+
+
+def optuna_storage(url: str) -> RDBStorage:
+    """One RDBStorage per URL and process, with heartbeats and a retry of trials whose worker died."""
+    url = normalize_url(url)
+    if url not in _STORAGES:
+        interval = get_settings().heartbeat_interval_s
+        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        _STORAGES[url] = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
+                                    grace_period=2 * interval,
+                                    heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2))
+    return _STORAGES[url]
+
+
+def make_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + 1000 * worker_index
+    if spec.strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8, constant_liar=True)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if not spec.prune:
+        return optuna.pruners.NopPruner()
+    # Staged selection: a candidate worse than the best third of its peers at the same chunk stops there.
+    return optuna.pruners.PercentilePruner(33.0, n_startup_trials=6, n_warmup_steps=0)
+
+
+def create_study(url: str, name: str, spec: StudySpec) -> optuna.Study:
+    study = optuna.create_study(storage=optuna_storage(url), study_name=name, direction="minimize",
+                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    return study
+
+
+def load_study(url: str, name: str, worker_index: int = 0) -> tuple[optuna.Study, StudySpec]:
+    storage = optuna_storage(url)
+    raw = optuna.load_study(study_name=name, storage=storage)
+    spec = StudySpec.from_dict(raw.user_attrs[SPEC_ATTR])
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, worker_index),
+                             pruner=make_pruner(spec)), spec
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int
+    pruned: int
+    running: int
+    waiting: int
+    failed: int
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def is_surplus(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get("surplus"))
+
+
+def counts(study: optuna.Study) -> Counts:
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
+    by_state = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
+    return Counts(by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED], by_state[TrialState.RUNNING],
+                  by_state[TrialState.WAITING], by_state[TrialState.FAIL])
+
+
+def slot_of(study: optuna.Study, trial_number: int) -> int:
+    """How many live (not failed, not surplus) trials were created before this one."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.number < trial_number and t.state != TrialState.FAIL and not is_surplus(t))
+
+
+def measured(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = measured(study)
+    return min(done, key=lambda t: float(t.value)) if done else None  # type: ignore[arg-type]
+
+
+def wait_for_setup(study: optuna.Study, timeout_s: float = 3600.0) -> None:
+    start = time.monotonic()
+    while not optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get(SETUP_ATTR):
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"study {study.study_name} was never set up")
+        time.sleep(1.0)

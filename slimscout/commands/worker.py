@@ -1,0 +1,43 @@
+"""``slimscout worker``: a long-lived process that measures trials from the shared storage."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("worker", help="measure trials from a shared study storage")
+    parser.add_argument("--storage", help="database URL (default: settings.storage_url)")
+    parser.add_argument("--study", help="serve only this study (default: every open study of the service)")
+    parser.add_argument("--index", type=int, default=0, help="worker index (varies the sampler seed)")
+    parser.add_argument("--once", action="store_true", help="exit when no open study is left")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.context import Workbench
+    from search.guided import make_guide
+    from search.study import load_study
+    from search.worker import work_on_study
+    from slimscout.settings import get_settings
+
+    url = args.storage or get_settings().storage_url
+    stop = threading.Event()
+
+    def graceful(_signum: int, _frame: object) -> None:
+        stop.set()  # finish the current trial, then exit
+
+    signal.signal(signal.SIGTERM, graceful)
+    signal.signal(signal.SIGINT, graceful)
+    bench = Workbench()
+    if args.study:
+        _, spec = load_study(url, args.study)
+        guide = make_guide() if spec.strategy == "guided" else None
+        work_on_study(url, args.study, bench, stop=stop, worker_index=args.index, guide=guide)
+        return 0
+    from search.service_worker import serve_studies
+
+    serve_studies(url, bench, stop=stop, once=args.once)
+    return 0
