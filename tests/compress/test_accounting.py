@@ -26,7 +26,8 @@ LAYER = LinearLayer("model.layers.0.mlp.up_proj", 0, "up", in_features=128, out_
 
 def _sparsify(matrix: torch.Tensor, spec: SparsitySpec, input_norm: torch.Tensor) -> torch.Tensor:
     score = wanda_score(matrix, input_norm) if spec.score == "wanda" else magnitude_score(matrix)
-    keep = nm_mask(score, *spec.nm) if spec.nm is not None else unstructured_mask(row_ranks(score), spec.ratio)
+    nm = spec.nm
+    keep = nm_mask(score, *nm) if nm is not None else unstructured_mask(row_ranks(score), spec.ratio)
     return matrix * keep
 
 
@@ -67,7 +68,8 @@ COMBOS = {
     "rank60+unstructured": LayerConfig(lowrank=LowRankSpec(60), sparsity=SparsitySpec(0.2, "magnitude")),
     "int8": LayerConfig(quant=QuantSpec(8, 128)),
     "int4-g32+0.5": LayerConfig(sparsity=SparsitySpec(0.5, "magnitude"), quant=QuantSpec(4, 32)),
-    "rank24+1:4+int4-sdq": LayerConfig(lowrank=LowRankSpec(24), sparsity=SparsitySpec(0.75, "magnitude", "1:4"),
+    "rank24+1:4+int4-sdq": LayerConfig(lowrank=LowRankSpec(24),
+                                       sparsity=SparsitySpec(0.75, "magnitude", "1:4"),
                                        quant=QuantSpec(4, 16, outliers="1:8")),
 }
 
@@ -157,7 +159,7 @@ def test_model_cost_sums_layers_and_names_bad_entries() -> None:
     assert model_cost(layers, {}) == LayerCost(2 * 64 * 128, 4 * 64 * 128)
     cfg = LayerConfig(lowrank=LowRankSpec(8))
     assert model_cost(layers, {LAYER.name: cfg}) == layer_cost(LAYER, cfg) + layer_cost(other, None)
-    with pytest.raises(ConfigError, match="did you mean model.layers.0.mlp.up_proj") as info:
+    with pytest.raises(ConfigError, match=r"did you mean model\.layers\.0\.mlp\.up_proj") as info:
         model_cost(layers, {"model.layers.0.mlp.up_prj": cfg})
     assert info.value.field == "layers.model.layers.0.mlp.up_prj"
     with pytest.raises(ConfigError) as info:

@@ -67,10 +67,12 @@ def test_whitened_tail_energy_is_relative_output_error(damp: float) -> None:
     gram = x.T @ x
     factors = svd_factors(weight, gram, damp=damp)
     # Exact against the damped Gram matrix the factors were built from: ||E S||² = tr(E (G + λI) E^T).
-    damped = gram.double() + damp * float(gram.diagonal().double().mean()) * torch.eye(56, dtype=torch.float64)
+    lam = damp * float(gram.diagonal().double().mean())
+    damped = gram.double() + lam * torch.eye(56, dtype=torch.float64)
     for rank in (2, 10, 30):
         err = (weight - lowrank_weight(factors, rank)).double()
-        measured = float(torch.trace(err @ damped @ err.T) / torch.trace(weight.double() @ damped @ weight.double().T))
+        w = weight.double()
+        measured = float(torch.trace(err @ damped @ err.T) / torch.trace(w @ damped @ w.T))
         assert tail_energy(factors, rank) == pytest.approx(measured, rel=1e-3)
         if damp == 1e-6:  # and, with little damping, against the calibration outputs themselves
             assert tail_energy(factors, rank) == pytest.approx(
