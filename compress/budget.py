@@ -163,14 +163,25 @@ def project_to_budget(layers: Sequence[LinearLayer], family: Callable[[float], n
             lo = mid
         if hi - lo < 1e-9:
             break
-    best = min((lo, hi), key=lambda t: abs(cost(t) - target))
-    kept = cost(best)
+    keep, kept = _settle(keep_at(lo), keep_at(hi), arrays, kinds, target)
     if abs(kept - target) > tolerance * target:
         raise BudgetError(f"budget {budget}: the closest feasible allocation keeps {kept / total:.4f} "
                           f"(N:M layers come in steps; add a finer operator)")
-    keep = keep_at(best)
     return Allocation({layer.name: float(k) for layer, k in zip(layers, keep, strict=True)},
-                      {layer.name: op for layer, op in zip(layers, ops, strict=True)}, kept, total, best)
+                      {layer.name: op for layer, op in zip(layers, ops, strict=True)}, kept, total, (lo + hi) / 2)
+
+
+def _settle(keep_lo: np.ndarray, keep_hi: np.ndarray, arrays: LayerArrays, kinds: np.ndarray,
+            target: float) -> tuple[np.ndarray, int]:
+    """Between the two sides of the bisection, move layers one by one from the lower to the higher
+    setting while that brings the cost closer to the target (many layers can step at the same t)."""
+    cost_lo = kept_params(arrays, keep_lo, kinds)
+    step = kept_params(arrays, keep_hi, kinds) - cost_lo
+    keep, kept = keep_lo.copy(), int(cost_lo.sum())
+    for i in np.argsort(step, kind="stable"):
+        if step[i] > 0 and abs(kept + step[i] - target) < abs(kept - target):
+            keep[i], kept = keep_hi[i], kept + int(step[i])
+    return keep, kept
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.accounting import model_cost
+from compress.budget import (
+    LayerArrays,
+    check_operators,
+    kept_params,
+    layer_config,
+    logit_family,
+    project_to_budget,
+)
+from compress.layers import linear_layers
+from slimscout.errors import BudgetError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def layers(tiny_llama):  # type: ignore[no-untyped-def]
+    return linear_layers(tiny_llama.model)
+
+
+@pytest.mark.parametrize("operator", ["wanda", "magnitude", "svd", "svd-whitened", "nm-2:4"])
+def test_closed_form_cost_equals_accounting(layers, operator: str) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    keep = rng.uniform(0.05, 1.0, len(layers))
+    kinds = np.full(len(layers), {"wanda": 0, "magnitude": 0, "svd": 1, "svd-whitened": 1, "nm-2:4": 2}[operator])
+    if operator == "nm-2:4":
+        keep = np.where(keep < 0.7, 0.5, 1.0)
+    configs = {layer.name: layer_config(layer, float(k), operator) for layer, k in zip(layers, keep, strict=True)}
+    exact = model_cost(layers, {n: c for n, c in configs.items() if not c.is_dense}).params
+    assert int(kept_params(LayerArrays.of(layers), keep, kinds).sum()) == exact
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("operator", ["wanda", "svd-whitened"])
+def test_projection_lands_within_half_a_percent(layers, budget: float, operator: str) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    allocation = project_to_budget(layers, logit_family(rng.uniform(0.1, 0.9, len(layers))), budget,
+                                   {layer.name: operator for layer in layers})
+    configs = allocation.layer_configs(layers)
+    exact = model_cost(layers, configs).params / sum(layer.params for layer in layers)
+    assert exact == pytest.approx(allocation.keep_ratio)
+    assert abs(exact - budget) <= 0.005 * budget
+
+
+def test_projection_keeps_the_shape(layers) -> None:  # type: ignore[no-untyped-def]
+    raw = np.linspace(0.2, 0.8, len(layers))
+    allocation = project_to_budget(layers, logit_family(raw), 0.5, {layer.name: "wanda" for layer in layers})
+    keeps = [allocation.keep[layer.name] for layer in layers]
+    assert keeps[0] < keeps[-1]
+
+
+def test_unreachable_budgets_are_refused(layers) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BudgetError, match="out of reach"):
+        project_to_budget(layers, logit_family(np.full(len(layers), 0.5)), 0.2,
+                          {layer.name: "nm-2:4" for layer in layers})
+    with pytest.raises(BudgetError):
+        project_to_budget(layers, logit_family(np.full(len(layers), 0.5)), 1.5, {layer.name: "wanda" for layer in layers})
+
+
+def test_operator_lists_are_checked() -> None:
+    assert check_operators(["wanda", "int8"])[1] is not None
+    with pytest.raises(ConfigError, match="unknown operator 'prune'"):
+        check_operators(["prune"])
+    with pytest.raises(ConfigError, match="at least one"):
+        check_operators(["int8"])
+    with pytest.raises(ConfigError, match="at most one quantizer"):
+        check_operators(["wanda", "int8", "int4"])

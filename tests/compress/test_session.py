@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.baselines import build_baseline, owl_outlier_ratios
+from compress.catalog import load_model
+from compress.config import CompressionConfig, LayerConfig, LowRankSpec, QuantSpec, SparsitySpec
+from compress.session import ModelSession
+from slimscout.errors import ConfigError
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> ModelSession:
+    return ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512)
+
+
+def _mixed(session: ModelSession) -> CompressionConfig:
+    names = [layer.name for layer in session.layers]
+    return CompressionConfig("tiny-llama", {
+        names[0]: LayerConfig(lowrank=LowRankSpec(8, "svd-whitened")),
+        names[1]: LayerConfig(sparsity=SparsitySpec(0.5, "wanda")),
+        names[2]: LayerConfig(sparsity=SparsitySpec(0.5, "magnitude", "2:4"), quant=QuantSpec(8, 32)),
+        names[3]: LayerConfig(lowrank=LowRankSpec(4, "svd"), sparsity=SparsitySpec(0.25, "wanda")),
+        names[4]: LayerConfig(quant=QuantSpec(4, 32, "1:8")),
+    })
+
+
+def test_apply_then_restore_is_bit_identical(session: ModelSession) -> None:
+    before = {k: v.clone() for k, v in session.model.state_dict().items()}
+    session.apply(_mixed(session))
+    changed = session.modules[session.layers[0].name].weight
+    assert not torch.equal(changed, before[session.layers[0].name + ".weight"])
+    session.restore()
+    for key, value in session.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_applied_weights_have_the_counted_nonzeros(session: ModelSession) -> None:
+    config = CompressionConfig("tiny-llama", {layer.name: LayerConfig(sparsity=SparsitySpec(0.5, "wanda"))
+                                              for layer in session.layers})
+    with session.applied(config):
+        nonzero = sum(int((session.modules[n].weight != 0).sum()) for n in session.by_name)
+    assert nonzero == session.cost(config).params
+
+
+def test_bad_configs_name_the_problem(session: ModelSession) -> None:
+    name = session.layers[0].name
+    with pytest.raises(ConfigError, match="layers.model.layers.9.nope"):
+        session.cost(CompressionConfig("tiny-llama", {"model.layers.9.nope": LayerConfig(quant=QuantSpec())}))
+    with pytest.raises(ConfigError, match=f"layers.{name}.lowrank.rank"):
+        session.cost(CompressionConfig("tiny-llama", {name: LayerConfig(lowrank=LowRankSpec(10_000))}))
+    with pytest.raises(ConfigError, match="pattern"):
+        session.cost(CompressionConfig("tiny-llama", {name: LayerConfig(sparsity=SparsitySpec(0.8, "wanda", "4:5"))}))
+    with pytest.raises(ConfigError, match="model_id"):
+        session.check_model(CompressionConfig("other-model", {}))
+
+
+def test_caches_persist_across_sessions(tmp_path: Path) -> None:
+    first = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512)
+    first.warm(_mixed(first))
+    assert {"calibration", "svd-whitened", "svd"} <= set(first.timings.built)
+    second = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512)
+    second.warm(_mixed(second))
+    assert second.timings.built == []
+    name = first.layers[0].name
+    assert torch.equal(first.svd("svd-whitened")[name].left, second.svd("svd-whitened")[name].left)
+    assert torch.equal(first.stats().gram(name), second.stats().gram(name))
+
+
+def test_applying_is_cheap_after_warm_up(session: ModelSession) -> None:
+    config = _mixed(session)
+    session.warm(config)
+    start = time.perf_counter()
+    for _ in range(3):
+        session.apply(config)
+    assert session.timings.built.count("calibration") == 1
+    assert time.perf_counter() - start < 30  # generous; benchmarks report the real ratio
+
+
+@pytest.mark.parametrize("method", ["uniform", "owl", "sensitivity"])
+@pytest.mark.parametrize("budget", [0.4, 0.6])
+def test_baselines_meet_the_budget(session: ModelSession, method: str, budget: float) -> None:
+    kwargs = {"tokens": 64} if method == "sensitivity" else {}
+    result = build_baseline(method, session, budget, ["wanda"], **kwargs)
+    kept = session.cost(result.config).params / session.params_linear
+    assert abs(kept - budget) <= 0.005 * budget
+    if method == "sensitivity":
+        assert result.evaluations > 0
+        again = build_baseline(method, session, budget, ["wanda"], **kwargs)
+        assert again.evaluations == 0  # cached scan
+        assert again.allocation.keep == result.allocation.keep
+
+
+def test_owl_gives_outlier_rich_blocks_more(session: ModelSession) -> None:
+    ratios = owl_outlier_ratios(session)
+    result = build_baseline("owl", session, 0.5, ["wanda"])
+    block_keep = {layer.block: result.allocation.keep[layer.name] for layer in session.layers}
+    most, least = max(ratios, key=ratios.__getitem__), min(ratios, key=ratios.__getitem__)
+    if ratios[most] > ratios[least]:
+        assert block_keep[most] > block_keep[least]
