@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -41,13 +42,18 @@ class BaselineResult:
     details: dict[str, object] = field(default_factory=dict)
 
 
-def _config(session: ModelSession, method: str, allocation: Allocation, operators: Sequence[str],
-            budget: float) -> CompressionConfig:
+def _config(
+    session: ModelSession, method: str, allocation: Allocation, operators: Sequence[str], budget: float
+) -> CompressionConfig:
     _, quant = check_operators(operators)
     layers = allocation.layer_configs(session.layers, quant)
-    meta = {"method": f"baseline:{method}", "budget": budget, "operators": list(operators),
-            "keep_ratio": allocation.keep_ratio,
-            "layer_keep": {name: round(k, 6) for name, k in allocation.keep.items()}}
+    meta = {
+        "method": f"baseline:{method}",
+        "budget": budget,
+        "operators": list(operators),
+        "keep_ratio": allocation.keep_ratio,
+        "layer_keep": {name: round(k, 6) for name, k in allocation.keep.items()},
+    }
     return CompressionConfig(session.loaded.model_id, layers, meta)
 
 
@@ -75,8 +81,9 @@ def owl_outlier_ratios(session: ModelSession, m: float = 5.0) -> dict[int, float
     return ratios
 
 
-def owl(session: ModelSession, budget: float, operators: Sequence[str], *, m: float = 5.0,
-        lam: float = 0.08) -> BaselineResult:
+def owl(
+    session: ModelSession, budget: float, operators: Sequence[str], *, m: float = 5.0, lam: float = 0.08
+) -> BaselineResult:
     ratios = owl_outlier_ratios(session, m)
     values = np.array(list(ratios.values()))
     spread = values.max() - values.min()
@@ -93,9 +100,15 @@ def sensitivity_levels(budget: float) -> list[float]:
     return sorted({round(min(0.95, max(0.05, budget * f)), 4) for f in (0.5, 0.75, 1.0, 1.5)})
 
 
-def sensitivity_scan(session: ModelSession, budget: float, operators: Sequence[str], *, tokens: int = 512,
-                     dataset: str = "lee-news",
-                     on_step: Callable[[int, int], None] | None = None) -> tuple[dict[int, dict[float, float]], int, float]:
+def sensitivity_scan(
+    session: ModelSession,
+    budget: float,
+    operators: Sequence[str],
+    *,
+    tokens: int = 512,
+    dataset: str = "lee-news",
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[dict[int, dict[float, float]], int, float]:
     """KL of each block compressed alone at each level: {block: {keep: kl}}, evaluations, seconds.
 
     Cached on disk per (model, data, operator, levels, tokens); a cache hit costs no forward pass.
@@ -133,8 +146,8 @@ def sensitivity_scan(session: ModelSession, budget: float, operators: Sequence[s
 
 def _keep_under(curve: dict[float, float], tau: float) -> float:
     """Smallest keep whose (log-interpolated) damage is at most tau; damage at keep 1 is 0."""
-    points = sorted(curve.items()) + [(1.0, 0.0)]
-    for (k0, d0), (k1, d1) in zip(points, points[1:], strict=False):
+    points = [*sorted(curve.items()), (1.0, 0.0)]
+    for (k0, d0), (k1, d1) in itertools.pairwise(points):
         if d0 <= tau:
             return k0
         if d1 <= tau:  # interpolate between k0 (too damaging) and k1 (fine)
@@ -143,10 +156,18 @@ def _keep_under(curve: dict[float, float], tau: float) -> float:
     return 1.0
 
 
-def sensitivity(session: ModelSession, budget: float, operators: Sequence[str], *, tokens: int = 512,
-                dataset: str = "lee-news", on_step: Callable[[int, int], None] | None = None) -> BaselineResult:
-    curves, evaluations, seconds = sensitivity_scan(session, budget, operators, tokens=tokens, dataset=dataset,
-                                                    on_step=on_step)
+def sensitivity(
+    session: ModelSession,
+    budget: float,
+    operators: Sequence[str],
+    *,
+    tokens: int = 512,
+    dataset: str = "lee-news",
+    on_step: Callable[[int, int], None] | None = None,
+) -> BaselineResult:
+    curves, evaluations, seconds = sensitivity_scan(
+        session, budget, operators, tokens=tokens, dataset=dataset, on_step=on_step
+    )
     blocks = [layer.block for layer in session.layers]
     damage_scale = max(max(c.values()) for c in curves.values()) or 1.0
 
@@ -155,15 +176,24 @@ def sensitivity(session: ModelSession, budget: float, operators: Sequence[str], 
         block_keep = {b: _keep_under(curve, tau) for b, curve in curves.items()}
         return np.array([block_keep[b] for b in blocks])
 
-    allocation = project_to_budget(session.layers, lambda t: family(-t), budget, _block_operator(session, operators),
-                                   lo=-5.0, hi=25.0)
-    result = BaselineResult("sensitivity", allocation, _config(session, "sensitivity", allocation, operators, budget),
-                            evaluations, tokens, seconds, {"curves": curves})
+    allocation = project_to_budget(
+        session.layers, lambda t: family(-t), budget, _block_operator(session, operators), lo=-5.0, hi=25.0
+    )
+    result = BaselineResult(
+        "sensitivity",
+        allocation,
+        _config(session, "sensitivity", allocation, operators, budget),
+        evaluations,
+        tokens,
+        seconds,
+        {"curves": curves},
+    )
     return result
 
 
-def build_baseline(method: str, session: ModelSession, budget: float, operators: Sequence[str],
-                   **kwargs: object) -> BaselineResult:
+def build_baseline(
+    method: str, session: ModelSession, budget: float, operators: Sequence[str], **kwargs: object
+) -> BaselineResult:
     if method == "uniform":
         return uniform(session, budget, operators)
     if method == "owl":

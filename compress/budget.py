@@ -55,8 +55,10 @@ class LayerArrays:
 
     @classmethod
     def of(cls, layers: Sequence[LinearLayer]) -> LayerArrays:
-        return cls(np.array([layer.out_features for layer in layers], dtype=np.int64),
-                   np.array([layer.in_features for layer in layers], dtype=np.int64))
+        return cls(
+            np.array([layer.out_features for layer in layers], dtype=np.int64),
+            np.array([layer.in_features for layer in layers], dtype=np.int64),
+        )
 
     @property
     def params(self) -> np.ndarray:
@@ -90,8 +92,7 @@ def layer_config(layer: LinearLayer, keep: float, operator: str, quant: QuantSpe
     if operator in SPARSITY_OPERATORS:
         pruned = int(_sparse_pruned(np.array([layer.in_features]), np.array([keep]))[0])
         ratio = pruned / layer.in_features
-        return LayerConfig(sparsity=SparsitySpec(ratio, SPARSITY_OPERATORS[operator]) if pruned else None,
-                           quant=quant)
+        return LayerConfig(sparsity=SparsitySpec(ratio, SPARSITY_OPERATORS[operator]) if pruned else None, quant=quant)
     if operator in LOWRANK_OPERATORS:
         arrays = LayerArrays.of([layer])
         rank = int(_ranks(arrays, np.array([keep]))[0])
@@ -123,14 +124,23 @@ class Allocation:
         return self.params_kept / self.params_linear
 
     def layer_configs(self, layers: Sequence[LinearLayer], quant: QuantSpec | None = None) -> dict[str, LayerConfig]:
-        configs = {layer.name: layer_config(layer, self.keep[layer.name], self.operators[layer.name], quant)
-                   for layer in layers}
+        configs = {
+            layer.name: layer_config(layer, self.keep[layer.name], self.operators[layer.name], quant)
+            for layer in layers
+        }
         return {name: cfg for name, cfg in configs.items() if not cfg.is_dense}
 
 
-def project_to_budget(layers: Sequence[LinearLayer], family: Callable[[float], np.ndarray], budget: float,
-                      operators: Mapping[str, str], *, lo: float = -30.0, hi: float = 30.0,
-                      tolerance: float = BUDGET_TOLERANCE) -> Allocation:
+def project_to_budget(
+    layers: Sequence[LinearLayer],
+    family: Callable[[float], np.ndarray],
+    budget: float,
+    operators: Mapping[str, str],
+    *,
+    lo: float = -30.0,
+    hi: float = 30.0,
+    tolerance: float = BUDGET_TOLERANCE,
+) -> Allocation:
     """Bisect ``t`` so that ``family(t)`` (per-layer keep, increasing in t) meets ``budget`` exactly.
 
     N:M layers take keep N/M when their keep falls below 1 (else dense). Raises BudgetError when no t
@@ -153,8 +163,10 @@ def project_to_budget(layers: Sequence[LinearLayer], family: Callable[[float], n
         return int(kept_params(arrays, keep_at(t), kinds).sum())
 
     if cost(hi) < target * (1 - tolerance) or cost(lo) > target * (1 + tolerance):
-        raise BudgetError(f"budget {budget} is out of reach with operators {sorted(set(ops))} "
-                          f"(reachable keep ratio: {cost(lo) / total:.3f} to {cost(hi) / total:.3f})")
+        raise BudgetError(
+            f"budget {budget} is out of reach with operators {sorted(set(ops))} "
+            f"(reachable keep ratio: {cost(lo) / total:.3f} to {cost(hi) / total:.3f})"
+        )
     for _ in range(100):
         mid = (lo + hi) / 2
         if cost(mid) > target:
@@ -165,14 +177,22 @@ def project_to_budget(layers: Sequence[LinearLayer], family: Callable[[float], n
             break
     keep, kept = _settle(keep_at(lo), keep_at(hi), arrays, kinds, target)
     if abs(kept - target) > tolerance * target:
-        raise BudgetError(f"budget {budget}: the closest feasible allocation keeps {kept / total:.4f} "
-                          f"(N:M layers come in steps; add a finer operator)")
-    return Allocation({layer.name: float(k) for layer, k in zip(layers, keep, strict=True)},
-                      {layer.name: op for layer, op in zip(layers, ops, strict=True)}, kept, total, (lo + hi) / 2)
+        raise BudgetError(
+            f"budget {budget}: the closest feasible allocation keeps {kept / total:.4f} "
+            f"(N:M layers come in steps; add a finer operator)"
+        )
+    return Allocation(
+        {layer.name: float(k) for layer, k in zip(layers, keep, strict=True)},
+        {layer.name: op for layer, op in zip(layers, ops, strict=True)},
+        kept,
+        total,
+        (lo + hi) / 2,
+    )
 
 
-def _settle(keep_lo: np.ndarray, keep_hi: np.ndarray, arrays: LayerArrays, kinds: np.ndarray,
-            target: float) -> tuple[np.ndarray, int]:
+def _settle(
+    keep_lo: np.ndarray, keep_hi: np.ndarray, arrays: LayerArrays, kinds: np.ndarray, target: float
+) -> tuple[np.ndarray, int]:
     """Between the two sides of the bisection, move layers one by one from the lower to the higher
     setting while that brings the cost closer to the target (many layers can step at the same t)."""
     cost_lo = kept_params(arrays, keep_lo, kinds)

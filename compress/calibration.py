@@ -31,7 +31,9 @@ class CalibrationStats:
 
 
 @torch.inference_mode()
-def collect_stats(model: nn.Module, layers: list[LinearLayer], tokens: torch.Tensor, seq_len: int = 512) -> CalibrationStats:
+def collect_stats(
+    model: nn.Module, layers: list[LinearLayer], tokens: torch.Tensor, seq_len: int = 512
+) -> CalibrationStats:
     start = time.perf_counter()
     modules = dict(model.named_modules())
     grams: dict[str, torch.Tensor] = {}
@@ -53,6 +55,7 @@ def collect_stats(model: nn.Module, layers: list[LinearLayer], tokens: torch.Ten
             update = (flat.T @ flat).double()  # one chunk in float32 (fast), the running sum in float64
             gram = grams.get(name)
             grams[name] = update if gram is None else gram + update
+
         return hook
 
     handles = [modules[layer.name].register_forward_hook(hook_for(layer.name)) for layer in layers]
@@ -68,5 +71,6 @@ def collect_stats(model: nn.Module, layers: list[LinearLayer], tokens: torch.Ten
     finally:
         for handle in handles:
             handle.remove()
-    return CalibrationStats({name: g.float() for name, g in grams.items()}, leader, n_tokens,
-                            time.perf_counter() - start)
+    return CalibrationStats(
+        {name: g.float() for name, g in grams.items()}, leader, n_tokens, time.perf_counter() - start
+    )

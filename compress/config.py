@@ -71,7 +71,9 @@ class SparsitySpec:
         if self.pattern != "unstructured":
             n, m = parse_nm(self.pattern, "pattern")
             if abs(self.ratio - (1 - n / m)) > 1e-9:
-                raise ConfigError("ratio", f"pattern {self.pattern} zeroes {1 - n / m:g} of weights, ratio says {self.ratio!r}")
+                raise ConfigError(
+                    "ratio", f"pattern {self.pattern} zeroes {1 - n / m:g} of weights, ratio says {self.ratio!r}"
+                )
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -108,8 +110,11 @@ class LayerConfig:
         return self.lowrank is None and self.sparsity is None and self.quant is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: asdict(value) for key, value in (("lowrank", self.lowrank), ("sparsity", self.sparsity),
-                                                      ("quant", self.quant)) if value is not None}
+        return {
+            key: asdict(value)
+            for key, value in (("lowrank", self.lowrank), ("sparsity", self.sparsity), ("quant", self.quant))
+            if value is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,12 @@ class CompressionConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_V1, "model_id": self.model_id,
-                "layers": {name: layer.to_dict() for name, layer in sorted(self.layers.items())},
-                "meta": self.meta}
+        return {
+            "schema": SCHEMA_V1,
+            "model_id": self.model_id,
+            "layers": {name: layer.to_dict() for name, layer in sorted(self.layers.items())},
+            "meta": self.meta,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)

@@ -126,7 +126,9 @@ class TokenStream:
             raise DatasetError(f"--tokens must be at least 2, got {n_tokens}")
         if n_tokens > self.ids.numel():
             raise DatasetError(
-                f"split {self.split!r} of {self.dataset!r} has {self.ids.numel()} tokens, fewer than the {n_tokens} requested")
+                f"split {self.split!r} of {self.dataset!r} has {self.ids.numel()} tokens, "
+                f"fewer than the {n_tokens} requested"
+            )
         return self.ids[:n_tokens]
 
 

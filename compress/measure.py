@@ -63,8 +63,15 @@ def _chunks(tokens: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
 class Evaluator:
     """Measures a model (as it is right now) on fixed tokens against the dense reference."""
 
-    def __init__(self, loaded: LoadedModel, tokens: torch.Tensor, *, seq_len: int | None = None,
-                 kl_topk: int = DEFAULT_KL_TOPK, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        tokens: torch.Tensor,
+        *,
+        seq_len: int | None = None,
+        kl_topk: int = DEFAULT_KL_TOPK,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.loaded = loaded
         self.kind = loaded.kind
         self.seq_len = seq_len or (DEFAULT_SEQ_LEN if self.kind == "causal-lm" else ENCODER_SEQ_LEN)
@@ -128,10 +135,13 @@ class Evaluator:
         data = load_file(str(path))
         n = data["nll"].numel()
         causal = self.kind == "causal-lm"
-        return _Reference(data["nll"], data["count"],
-                          [data[f"index.{i}"] for i in range(n)] if causal else [],
-                          [data[f"logp.{i}"] for i in range(n)] if causal else [],
-                          [] if causal else [data[f"emb.{i}"] for i in range(n)])
+        return _Reference(
+            data["nll"],
+            data["count"],
+            [data[f"index.{i}"] for i in range(n)] if causal else [],
+            [data[f"logp.{i}"] for i in range(n)] if causal else [],
+            [] if causal else [data[f"emb.{i}"] for i in range(n)],
+        )
 
     # -- forward passes ----------------------------------------------------------------------
     @staticmethod
@@ -163,8 +173,9 @@ class Evaluator:
                 nll += float(-logq.gather(1, target[:, None]).sum())
                 kl += float(_bucketed_kl(ref.topk_logp[i], ref.topk_index[i].long(), logq).sum())
                 count += target.numel()
-                yield Metrics(count, time.perf_counter() - start, ppl=math.exp(nll / count), nll=nll / count,
-                              kl=kl / count)
+                yield Metrics(
+                    count, time.perf_counter() - start, ppl=math.exp(nll / count), nll=nll / count, kl=kl / count
+                )
             else:
                 emb = self._embed(model, chunk)
                 cos += float((emb * ref.embeddings[i]).sum(-1).mean())
@@ -172,11 +183,8 @@ class Evaluator:
                 yield Metrics(count * chunk.numel(), time.perf_counter() - start, cosine=cos / count)
 
     def evaluate(self, model: nn.Module | None = None) -> Metrics:
-        result = None
-        for result in self.stream(model):
-            pass
-        assert result is not None, "an Evaluator always has at least one chunk"
-        return result
+        *_, last = self.stream(model)  # an Evaluator always has at least one chunk
+        return last
 
     def dense_metrics(self) -> Metrics:
         """The dense model's metrics from the reference itself (no second pass)."""
@@ -194,5 +202,7 @@ def _bucketed_kl(ref_logp: torch.Tensor, ref_index: torch.Tensor, logq: torch.Te
     head = (p * (ref_logp - q_top)).sum(-1)
     p_tail = (1 - p.sum(-1)).clamp_min(0)
     q_tail = (1 - q_top.exp().sum(-1)).clamp_min(1e-12)
-    tail = torch.where(p_tail > 1e-12, p_tail * (p_tail.clamp_min(1e-12).log() - q_tail.log()), torch.zeros_like(p_tail))
+    tail = torch.where(
+        p_tail > 1e-12, p_tail * (p_tail.clamp_min(1e-12).log() - q_tail.log()), torch.zeros_like(p_tail)
+    )
     return head + tail

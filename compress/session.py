@@ -73,9 +73,14 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 class ModelSession:
-    def __init__(self, loaded: LoadedModel, *, cache_dir: Path | None = None,
-                 calibration_dataset: str = DEFAULT_DATASET,
-                 calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        cache_dir: Path | None = None,
+        calibration_dataset: str = DEFAULT_DATASET,
+        calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
+    ) -> None:
         self.loaded = loaded
         self.model: nn.Module = loaded.model
         self.cache_root = cache_dir or get_settings().cache_dir
@@ -118,16 +123,24 @@ class ModelSession:
         if path.is_file():
             start = time.perf_counter()
             tensors, meta = _load(path)
-            self._stats = CalibrationStats(tensors, json.loads(meta["leader"]), int(meta["n_tokens"]),
-                                           float(meta["seconds"]))
+            self._stats = CalibrationStats(
+                tensors, json.loads(meta["leader"]), int(meta["n_tokens"]), float(meta["seconds"])
+            )
             self.timings.load_s += time.perf_counter() - start
             return self._stats
         with self.dense():
             self._stats = collect_stats(self.model, self.layers, self._calibration_ids())
         self.timings.calibration_s += self._stats.seconds
         self.timings.built.append("calibration")
-        _save(path, self._stats.grams, {"leader": json.dumps(self._stats.leader),
-                                        "n_tokens": str(self._stats.n_tokens), "seconds": str(self._stats.seconds)})
+        _save(
+            path,
+            self._stats.grams,
+            {
+                "leader": json.dumps(self._stats.leader),
+                "n_tokens": str(self._stats.n_tokens),
+                "seconds": str(self._stats.seconds),
+            },
+        )
         return self._stats
 
     def svd(self, method: str) -> dict[str, SVDFactors]:
@@ -138,18 +151,27 @@ class ModelSession:
         if path.is_file():
             start = time.perf_counter()
             tensors, _ = _load(path)
-            factors = {name: SVDFactors(tensors[f"{name}.left"], tensors[f"{name}.right"], tensors[f"{name}.sigma"])
-                       for name in self.by_name}
+            factors = {
+                name: SVDFactors(tensors[f"{name}.left"], tensors[f"{name}.right"], tensors[f"{name}.sigma"])
+                for name in self.by_name
+            }
             self.timings.load_s += time.perf_counter() - start
         else:
             stats = self.stats() if method == "svd-whitened" else None
             start = time.perf_counter()
-            factors = {name: svd_factors(self._dense[name], stats.gram(name) if stats else None)
-                       for name in self.by_name}
+            factors = {
+                name: svd_factors(self._dense[name], stats.gram(name) if stats else None) for name in self.by_name
+            }
             self.timings.svd_s += time.perf_counter() - start
             self.timings.built.append(method)
-            _save(path, {f"{name}.{part}": getattr(f, part) for name, f in factors.items()
-                         for part in ("left", "right", "sigma")})
+            _save(
+                path,
+                {
+                    f"{name}.{part}": getattr(f, part)
+                    for name, f in factors.items()
+                    for part in ("left", "right", "sigma")
+                },
+            )
         self._svd[method] = factors
         return factors
 
@@ -170,8 +192,10 @@ class ModelSession:
             self.timings.load_s += time.perf_counter() - start
         else:
             start = time.perf_counter()
-            ranks = {name: row_ranks(self.score(kind, name)).to(torch.int16 if layer.in_features < 2**15 else torch.int32)
-                     for name, layer in self.by_name.items()}
+            ranks = {
+                name: row_ranks(self.score(kind, name)).to(torch.int16 if layer.in_features < 2**15 else torch.int32)
+                for name, layer in self.by_name.items()
+            }
             self.timings.ranks_s += time.perf_counter() - start
             self.timings.built.append(f"ranks-{kind}")
             _save(path, ranks)
@@ -199,8 +223,15 @@ class ModelSession:
         self.cost(config)
 
     # -- applying ----------------------------------------------------------------------------
-    def _sparsify(self, matrix: torch.Tensor, cfg: LayerConfig, name: str, *, input_norm: torch.Tensor | None,
-                  cached_ranks: torch.Tensor | None = None) -> torch.Tensor:
+    def _sparsify(
+        self,
+        matrix: torch.Tensor,
+        cfg: LayerConfig,
+        name: str,
+        *,
+        input_norm: torch.Tensor | None,
+        cached_ranks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         sparsity = cfg.sparsity
         assert sparsity is not None
         if sparsity.ratio == 0:

@@ -25,8 +25,11 @@ class Workbench:
     def evaluator(self, model_id: str, dataset: str, split: str, tokens: int) -> Evaluator:
         key = (model_id, dataset, split, tokens)
         if key not in self.evaluators:
-            self.evaluators[key] = self.session(model_id).evaluator(dataset=dataset, split=split,  # type: ignore[arg-type]
-                                                                    tokens=tokens)
+            self.evaluators[key] = self.session(model_id).evaluator(
+                dataset=dataset,
+                split=split,  # type: ignore[arg-type]
+                tokens=tokens,
+            )
         return self.evaluators[key]
 
     def space(self, spec: StudySpec) -> SearchSpace:

@@ -54,8 +54,9 @@ class Guide:
             self._features[spec.model_id] = FeatureBuilder(session.layers, self._proxies[spec.model_id])
         return self._features[spec.model_id]
 
-    def training_set(self, study: optuna.Study, spec: StudySpec,
-                     bench: Workbench) -> tuple[np.ndarray, np.ndarray, list[optuna.trial.FrozenTrial]]:
+    def training_set(
+        self, study: optuna.Study, spec: StudySpec, bench: Workbench
+    ) -> tuple[np.ndarray, np.ndarray, list[optuna.trial.FrozenTrial]]:
         trials = [t for t in measured(study) if "config" in t.user_attrs and t.value is not None]
         builder = self.features(spec, bench)
         X = builder.matrix([config_from_dict(t.user_attrs["config"]).layers for t in trials])
@@ -66,7 +67,7 @@ class Guide:
         """One screening round; returns how many candidates it enqueued (0: let the sampler propose)."""
         open_slots = spec.n_trials - (now.finished + now.running + now.waiting)
         X, y, trials = self.training_set(study, spec, bench)
-        if len(trials) < self.n_init or open_slots <= 0:
+        if len(trials) < min(self.n_init, max(4, spec.n_trials // 8)) or open_slots <= 0:
             return 0
         space = bench.space(spec)
         rng = np.random.default_rng(spec.seed * 7919 + len(trials))
@@ -78,14 +79,20 @@ class Guide:
         mean, std = model.predict_with_uncertainty(Xc)
         picks = screen(Xc, model, k=min(self.per_round, open_slots), explore_share=self.explore_share, rng=rng)
         for index in picks:
-            study.enqueue_trial(candidates[index], user_attrs={
-                "source": "predictor", "predicted": math.exp(float(mean[index])),
-                "predicted_std": float(std[index])})
+            study.enqueue_trial(
+                candidates[index],
+                user_attrs={
+                    "source": "predictor",
+                    "predicted": math.exp(float(mean[index])),
+                    "predicted_std": float(std[index]),
+                },
+            )
         self.record(study, X, y, trials, n_scored=len(candidates), n_enqueued=len(picks))
         return len(picks)
 
-    def candidates(self, space: SearchSpace, trials: list[optuna.trial.FrozenTrial],
-                   rng: np.random.Generator) -> list[dict[str, Any]]:
+    def candidates(
+        self, space: SearchSpace, trials: list[optuna.trial.FrozenTrial], rng: np.random.Generator
+    ) -> list[dict[str, Any]]:
         ranked = sorted(trials, key=lambda t: float(t.value))  # type: ignore[arg-type]
         knobs = space.knob_names()
         ranges: dict[str, tuple[float, float]] = {}
@@ -93,8 +100,9 @@ class Guide:
             values = np.array([[float(t.params.get(k, 0.0)) for k in knobs] for t in ranked])
             scores = np.array([float(t.value) for t in ranked])  # type: ignore[arg-type]
             bounds = [(space.low, space.high)] * len(knobs)
-            ranges = dict(zip(knobs, shrink_ranges(values, scores, quantile=0.3, margin=0.15, bounds=bounds),
-                              strict=True))
+            ranges = dict(
+                zip(knobs, shrink_ranges(values, scores, quantile=0.3, margin=0.15, bounds=bounds), strict=True)
+            )
         elite = [t.params for t in ranked[:5]]
         out: list[dict[str, Any]] = []
         n_perturb = self.n_candidates // 2
@@ -104,18 +112,37 @@ class Guide:
         out += [space.sample(rng, ranges) for _ in range(self.n_candidates - n_perturb)]
         return out
 
-    def record(self, study: optuna.Study, X: np.ndarray, y: np.ndarray, trials: list[optuna.trial.FrozenTrial],
-               *, n_scored: int, n_enqueued: int) -> None:
+    def record(
+        self,
+        study: optuna.Study,
+        X: np.ndarray,
+        y: np.ndarray,
+        trials: list[optuna.trial.FrozenTrial],
+        *,
+        n_scored: int,
+        n_enqueued: int,
+    ) -> None:
         previous = study.user_attrs.get(PREDICTOR_ATTR, {})
         report: dict[str, Any] = dict(previous)
         if len(trials) - int(previous.get("cv_at", -999)) >= self.cv_every:
             quality = cross_validated_quality(X, y, lambda: XGBPredictor(seed=0), folds=5)
-            report |= {"spearman": quality["spearman"], "mae": quality["mae"], "cv_at": len(trials),
-                       "cv_pairs": [[math.exp(p), math.exp(m)] for p, m in quality["pairs"]]}
-        screened_pairs = [[t.user_attrs["predicted"], float(t.value)] for t in trials  # type: ignore[arg-type]
-                          if "predicted" in t.user_attrs]
-        report |= {"n_train": len(trials), "n_screened": int(previous.get("n_screened", 0)) + n_scored - n_enqueued,
-                   "n_enqueued": int(previous.get("n_enqueued", 0)) + n_enqueued, "pairs": screened_pairs}
+            report |= {
+                "spearman": quality["spearman"],
+                "mae": quality["mae"],
+                "cv_at": len(trials),
+                "cv_pairs": [[math.exp(p), math.exp(m)] for p, m in quality["pairs"]],
+            }
+        screened_pairs = [
+            [t.user_attrs["predicted"], float(t.value)]
+            for t in trials  # type: ignore[arg-type]
+            if "predicted" in t.user_attrs
+        ]
+        report |= {
+            "n_train": len(trials),
+            "n_screened": int(previous.get("n_screened", 0)) + n_scored - n_enqueued,
+            "n_enqueued": int(previous.get("n_enqueued", 0)) + n_enqueued,
+            "pairs": screened_pairs,
+        }
         study.set_user_attr(PREDICTOR_ATTR, report)
 
 

@@ -32,9 +32,14 @@ def measure_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ben
         else:
             config = space.config(params, {"trial": trial.number, "source": source})
         cost = session.cost(config)
-        attrs: dict[str, Any] = {"source": source, "keep_ratio": cost.params / session.params_linear,
-                                 "params_kept": cost.params, "bytes": cost.bytes, "worker": WORKER_ID,
-                                 "config": config.to_dict()}
+        attrs: dict[str, Any] = {
+            "source": source,
+            "keep_ratio": cost.params / session.params_linear,
+            "params_kept": cost.params,
+            "bytes": cost.bytes,
+            "worker": WORKER_ID,
+            "config": config.to_dict(),
+        }
         state = TrialState.COMPLETE
         metrics = None
         with session.applied(config) as apply_s:
@@ -44,8 +49,14 @@ def measure_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ben
                     state = TrialState.PRUNED
                     break
         assert metrics is not None
-        attrs |= {"ppl": metrics.ppl, "kl": metrics.kl, "n_tokens": metrics.n_tokens, "apply_s": apply_s,
-                  "forward_s": metrics.seconds, "wall_s": time.perf_counter() - started}
+        attrs |= {
+            "ppl": metrics.ppl,
+            "kl": metrics.kl,
+            "n_tokens": metrics.n_tokens,
+            "apply_s": apply_s,
+            "forward_s": metrics.seconds,
+            "wall_s": time.perf_counter() - started,
+        }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if state == TrialState.PRUNED:

@@ -12,6 +12,7 @@ from typing import Any
 
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
+from search.guided import make_guide
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
 from search.study import best_trial, counts, create_study, load_study, normalize_url
@@ -38,13 +39,22 @@ def worker_command(url: str, name: str, index: int) -> list[str]:
     return [sys.executable, "-m", "slimscout.cli", "worker", "--storage", url, "--study", name, "--index", str(index)]
 
 
-def run_search(spec: StudySpec, *, storage_url: str, study_name: str, workers: int = 0,
-               bench: Workbench | None = None, guide: Guide | None = None,
-               on_status: Callable[[str], None] | None = None,
-               on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+def run_search(
+    spec: StudySpec,
+    *,
+    storage_url: str,
+    study_name: str,
+    workers: int = 0,
+    bench: Workbench | None = None,
+    guide: Guide | None = None,
+    on_status: Callable[[str], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     url = normalize_url(storage_url)
     bench = bench or Workbench()
+    if guide is None and spec.strategy == "guided":
+        guide = make_guide()
     study = create_study(url, study_name, spec)
     seed_study(study, spec, bench, on_step=on_status)
     if on_status:
@@ -53,8 +63,14 @@ def run_search(spec: StudySpec, *, storage_url: str, study_name: str, workers: i
     def report(*_: object) -> None:
         if on_progress:
             best = best_trial(study)
-            on_progress(Progress(counts(study).finished, spec.n_trials, None if best is None else best.value,
-                                 time.perf_counter() - started))
+            on_progress(
+                Progress(
+                    counts(study).finished,
+                    spec.n_trials,
+                    None if best is None else best.value,
+                    time.perf_counter() - started,
+                )
+            )
 
     if workers == 0:
         work_on_study(url, study_name, bench, on_trial=report, guide=guide)
@@ -96,4 +112,3 @@ def _run_subprocess_workers(url: str, name: str, workers: int, report: Callable[
 def best_config(summary: dict[str, Any]) -> CompressionConfig | None:
     raw = summary.get("best_config")
     return config_from_dict(raw) if raw else None
-

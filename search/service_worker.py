@@ -7,6 +7,7 @@ finish re-measures on holdout, stores the summary and the winning config, and co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,9 +40,18 @@ log = logging.getLogger(__name__)
 
 
 def spec_of(row: Study) -> StudySpec:
-    return StudySpec(model_id=row.model_id, budget=row.budget, operators=list(row.operators),
-                     granularity=row.granularity, n_trials=row.n_trials, eval_tokens=row.eval_tokens,
-                     objective=row.objective, dataset=row.dataset, split=row.split, seed=row.seed)
+    return StudySpec(
+        model_id=row.model_id,
+        budget=row.budget,
+        operators=list(row.operators),
+        granularity=row.granularity,
+        n_trials=row.n_trials,
+        eval_tokens=row.eval_tokens,
+        objective=row.objective,
+        dataset=row.dataset,
+        split=row.split,
+        seed=row.seed,
+    )
 
 
 class ServiceWorker:
@@ -59,11 +69,8 @@ class ServiceWorker:
 
     def fail(self, study_id: str, error: str) -> None:
         log.error("study %s failed: %s", study_id, error)
-        with session_scope(self.engine) as session:
-            try:
-                set_status(session, study_id=study_id, status=StudyStatus.FAILED, error=error[:2000])
-            except IllegalTransitionError:
-                pass
+        with session_scope(self.engine) as session, contextlib.suppress(IllegalTransitionError):
+            set_status(session, study_id=study_id, status=StudyStatus.FAILED, error=error[:2000])
 
     def publish(self, row: Study, summary: dict[str, Any]) -> None:
         with session_scope(self.engine) as session:
@@ -86,8 +93,15 @@ class ServiceWorker:
         def cancelled() -> bool:
             return self.status(row.id) is not StudyStatus.RUNNING
 
-        work_on_study(self.url, row.optuna_study_name, self.bench, stop=self.stop, guide=guide,
-                      on_trial=on_trial, should_stop=cancelled)
+        work_on_study(
+            self.url,
+            row.optuna_study_name,
+            self.bench,
+            stop=self.stop,
+            guide=guide,
+            on_trial=on_trial,
+            should_stop=cancelled,
+        )
         now = counts(study)
         if now.finished >= spec.n_trials and now.running == 0 and self.status(row.id) is StudyStatus.RUNNING:
             self.complete(row, study, spec)
@@ -102,12 +116,16 @@ class ServiceWorker:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 data = json.dumps(best.user_attrs["config"], indent=2).encode()
                 path.write_bytes(data)
-                add_artifact(session, study_id=row.id, kind="config", path=str(path), size_bytes=len(data),
-                             sha256=hashlib.sha256(data).hexdigest())
-            try:
+                add_artifact(
+                    session,
+                    study_id=row.id,
+                    kind="config",
+                    path=str(path),
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            with contextlib.suppress(IllegalTransitionError):  # completed elsewhere, or cancelled, meanwhile
                 set_status(session, study_id=row.id, status=StudyStatus.COMPLETED)
-            except IllegalTransitionError:
-                pass  # another worker completed (or the user cancelled) it meanwhile
 
     def step(self) -> bool:
         """Do one unit of work; False when there was nothing to do."""
@@ -138,8 +156,9 @@ class ServiceWorker:
         return False
 
 
-def serve_studies(url: str, bench: Workbench, *, stop: threading.Event, once: bool = False,
-                  poll_s: float = 2.0) -> None:
+def serve_studies(
+    url: str, bench: Workbench, *, stop: threading.Event, once: bool = False, poll_s: float = 2.0
+) -> None:
     worker = ServiceWorker(url, bench, stop)
     while not stop.is_set():
         if not worker.step():

@@ -27,8 +27,9 @@ def applicable_baselines(spec: StudySpec) -> list[str]:
     return methods
 
 
-def seed_study(study: optuna.Study, spec: StudySpec, bench: Workbench,
-               on_step: Callable[[str], None] | None = None) -> dict[str, BaselineResult]:
+def seed_study(
+    study: optuna.Study, spec: StudySpec, bench: Workbench, on_step: Callable[[str], None] | None = None
+) -> dict[str, BaselineResult]:
     """Build the baselines and enqueue them first, so the search starts from them. Idempotent."""
     if study.user_attrs.get(SETUP_ATTR):
         return {}
@@ -38,17 +39,22 @@ def seed_study(study: optuna.Study, spec: StudySpec, bench: Workbench,
     for method in applicable_baselines(spec):
         if on_step:
             on_step(f"baseline {method}")
-        kwargs: dict[str, Any] = {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} \
-            if method == "sensitivity" else {}
+        kwargs: dict[str, Any] = (
+            {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity" else {}
+        )
         result = build_baseline(method, session, spec.budget, spec.operators, **kwargs)
         results[method] = result
         params = space.fit_params(result.allocation.keep, result.allocation.operators)
-        study.enqueue_trial(params, user_attrs={"source": f"baseline:{method}",
-                                                "seed_config": result.config.to_dict()})
+        study.enqueue_trial(params, user_attrs={"source": f"baseline:{method}", "seed_config": result.config.to_dict()})
     scan = results.get("sensitivity")
-    study.set_user_attr("sensitivity_scan", {"evaluations": scan.evaluations if scan else 0,
-                                             "tokens": scan.scan_tokens if scan else 0,
-                                             "seconds": scan.seconds if scan else 0.0})
+    study.set_user_attr(
+        "sensitivity_scan",
+        {
+            "evaluations": scan.evaluations if scan else 0,
+            "tokens": scan.scan_tokens if scan else 0,
+            "seconds": scan.seconds if scan else 0.0,
+        },
+    )
     study.set_user_attr(SETUP_ATTR, True)
     return results
 
@@ -63,20 +69,32 @@ def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             baselines[source.removeprefix("baseline:")] = _trial_metrics(trial)
     best = best_trial(study)
     scan = study.user_attrs.get("sensitivity_scan", {})
-    finished = [t for t in study.get_trials(deepcopy=False)
-                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    return {"best": _trial_metrics(best) if best else None, "baselines": baselines,
-            "evaluations": len(finished),
-            "evaluated_tokens": int(sum(t.user_attrs.get("n_tokens", 0) for t in finished)),
-            "sensitivity_evaluations": scan.get("evaluations", 0),
-            "sensitivity_tokens": scan.get("evaluations", 0) * scan.get("tokens", 0),
-            "predictor": study.user_attrs.get("predictor")}
+    finished = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
+    return {
+        "best": _trial_metrics(best) if best else None,
+        "baselines": baselines,
+        "evaluations": len(finished),
+        "evaluated_tokens": int(sum(t.user_attrs.get("n_tokens", 0) for t in finished)),
+        "sensitivity_evaluations": scan.get("evaluations", 0),
+        "sensitivity_tokens": scan.get("evaluations", 0) * scan.get("tokens", 0),
+        "predictor": study.user_attrs.get("predictor"),
+    }
 
 
 def _trial_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
-    return {"trial": trial.number, "value": trial.value, "ppl": attrs.get("ppl"), "kl": attrs.get("kl"),
-            "keep_ratio": attrs.get("keep_ratio"), "source": attrs.get("source")}
+    return {
+        "trial": trial.number,
+        "value": trial.value,
+        "ppl": attrs.get("ppl"),
+        "kl": attrs.get("kl"),
+        "keep_ratio": attrs.get("keep_ratio"),
+        "source": attrs.get("source"),
+    }
 
 
 def holdout_check(study: optuna.Study, spec: StudySpec, bench: Workbench) -> dict[str, Any]:

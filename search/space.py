@@ -69,7 +69,8 @@ class SearchSpace:
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         dists: dict[str, optuna.distributions.BaseDistribution] = {
-            name: optuna.distributions.FloatDistribution(self.low, self.high) for name in self.knob_names()}
+            name: optuna.distributions.FloatDistribution(self.low, self.high) for name in self.knob_names()
+        }
         for name in self.operator_names():
             dists[name] = optuna.distributions.CategoricalDistribution(list(self.param_ops))
         return dists
@@ -80,7 +81,9 @@ class SearchSpace:
             params[name] = trial.suggest_categorical(name, list(self.param_ops))
         return params
 
-    def sample(self, rng: np.random.Generator, ranges: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    def sample(
+        self, rng: np.random.Generator, ranges: Mapping[str, tuple[float, float]] | None = None
+    ) -> dict[str, Any]:
         """A random point (for screening), optionally within shrunk knob ranges."""
         params: dict[str, Any] = {}
         for name in self.knob_names():
@@ -128,7 +131,9 @@ class SearchSpace:
     # -- a given allocation (a baseline) → the nearest knobs ----------------------------------
     def fit_params(self, keep: Mapping[str, float], operators: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Least-squares knobs whose logit profile is closest to a per-layer keep (for seeding)."""
-        target = np.asarray(logit(np.array([keep[layer.name] for layer in self.layers]))) - np.asarray(logit(self.budget))
+        target = np.asarray(logit(np.array([keep[layer.name] for layer in self.layers]))) - np.asarray(
+            logit(self.budget)
+        )
         columns: list[np.ndarray] = []
         names = self.knob_names()
         if self.granularity in ("type", "type-block"):
@@ -143,8 +148,8 @@ class SearchSpace:
             design = np.stack(columns, axis=1)
             solution, *_ = np.linalg.lstsq(design, target, rcond=None)
             if self.granularity == "type-block":  # both sets can shift; centre the depth profile
-                shift = solution[len(self.types):].mean()
-                solution[len(self.types):] -= shift
+                shift = solution[len(self.types) :].mean()
+                solution[len(self.types) :] -= shift
                 solution[: len(self.types)] += shift
             params = {name: float(np.clip(v, self.low, self.high)) for name, v in zip(names, solution, strict=True)}
         for name in self.operator_names():
@@ -155,7 +160,15 @@ class SearchSpace:
 
 
 def to_config(space: SearchSpace, allocation: Allocation, meta: Mapping[str, Any]) -> CompressionConfig:
-    return CompressionConfig(space.model_id, allocation.layer_configs(space.layers, space.quant), {
-        **meta, "budget": space.budget, "operators": list(space.operators), "granularity": space.granularity,
-        "keep_ratio": allocation.keep_ratio,
-        "layer_keep": {name: round(k, 6) for name, k in allocation.keep.items()}})
+    return CompressionConfig(
+        space.model_id,
+        allocation.layer_configs(space.layers, space.quant),
+        {
+            **meta,
+            "budget": space.budget,
+            "operators": list(space.operators),
+            "granularity": space.granularity,
+            "keep_ratio": allocation.keep_ratio,
+            "layer_keep": {name: round(k, 6) for name, k in allocation.keep.items()},
+        },
+    )

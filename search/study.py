@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ SPEC_ATTR = "slimscout"
 SUMMARY_ATTR = "summary"
 SETUP_ATTR = "setup_done"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats and stale-trial failing are used with ask/tell here, on purpose; Optuna warns about both.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def normalize_url(url: str) -> str:
@@ -41,9 +45,13 @@ def optuna_storage(url: str) -> RDBStorage:
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        _STORAGES[url] = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
-                                    grace_period=2 * interval,
-                                    heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2))
+        _STORAGES[url] = RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=interval,
+            grace_period=2 * interval,
+            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
+        )
     return _STORAGES[url]
 
 
@@ -62,8 +70,14 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def create_study(url: str, name: str, spec: StudySpec) -> optuna.Study:
-    study = optuna.create_study(storage=optuna_storage(url), study_name=name, direction="minimize",
-                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    study = optuna.create_study(
+        storage=optuna_storage(url),
+        study_name=name,
+        direction="minimize",
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
     return study
@@ -73,8 +87,9 @@ def load_study(url: str, name: str, worker_index: int = 0) -> tuple[optuna.Study
     storage = optuna_storage(url)
     raw = optuna.load_study(study_name=name, storage=storage)
     spec = StudySpec.from_dict(raw.user_attrs[SPEC_ATTR])
-    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, worker_index),
-                             pruner=make_pruner(spec)), spec
+    return optuna.load_study(
+        study_name=name, storage=storage, sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec)
+    ), spec
 
 
 @dataclass(frozen=True)
@@ -97,14 +112,22 @@ def is_surplus(trial: FrozenTrial) -> bool:
 def counts(study: optuna.Study) -> Counts:
     trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
     by_state = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
-    return Counts(by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED], by_state[TrialState.RUNNING],
-                  by_state[TrialState.WAITING], by_state[TrialState.FAIL])
+    return Counts(
+        by_state[TrialState.COMPLETE],
+        by_state[TrialState.PRUNED],
+        by_state[TrialState.RUNNING],
+        by_state[TrialState.WAITING],
+        by_state[TrialState.FAIL],
+    )
 
 
 def slot_of(study: optuna.Study, trial_number: int) -> int:
     """How many live (not failed, not surplus) trials were created before this one."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.number < trial_number and t.state != TrialState.FAIL and not is_surplus(t))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.number < trial_number and t.state != TrialState.FAIL and not is_surplus(t)
+    )
 
 
 def measured(study: optuna.Study) -> list[FrozenTrial]:

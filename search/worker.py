@@ -26,9 +26,17 @@ TrialHook = Callable[[int, TrialState], None]
 Guide = Callable[..., int]
 
 
-def work_on_study(url: str, name: str, bench: Workbench, *, stop: threading.Event | None = None,
-                  worker_index: int = 0, on_trial: TrialHook | None = None, guide: Guide | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> int:
+def work_on_study(
+    url: str,
+    name: str,
+    bench: Workbench,
+    *,
+    stop: threading.Event | None = None,
+    worker_index: int = 0,
+    on_trial: TrialHook | None = None,
+    guide: Guide | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
     """Measure trials of one study until it has ``n_trials`` finished ones. Returns how many we measured."""
     stop = stop or threading.Event()
     study, spec = load_study(url, name, worker_index)

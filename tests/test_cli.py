@@ -13,8 +13,13 @@ import pytest
 
 
 def slimscout(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slimscout.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "slimscout.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], needle: str) -> None:
@@ -40,12 +45,15 @@ def test_evaluate_tiny_model_json() -> None:
     assert payload["keep_ratio"] == 1.0 and payload["kl"] == 0.0
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--model", "no-such-model"], "unknown model id"),
-    (["--model", "tiny-llama", "--tokens", "0"], "at least 2"),
-    (["--model", "tiny-llama", "--tokens", "10000000"], "fewer than"),
-    (["--model", "tiny-llama", "--dataset", "nope"], "unknown dataset"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "no-such-model"], "unknown model id"),
+        (["--model", "tiny-llama", "--tokens", "0"], "at least 2"),
+        (["--model", "tiny-llama", "--tokens", "10000000"], "fewer than"),
+        (["--model", "tiny-llama", "--dataset", "nope"], "unknown dataset"),
+    ],
+)
 def test_bad_input_is_one_line(args: list[str], needle: str) -> None:
     assert_one_line_error(slimscout("evaluate", *args), needle)
 
@@ -59,10 +67,14 @@ def test_bad_paths_are_one_line(tmp_path: Path) -> None:
     empty.write_text("")
     assert_one_line_error(slimscout("evaluate", "--model", "tiny-llama", "--dataset", str(empty)), "documents")
     config = tmp_path / "c.json"
-    config.write_text('{"schema": "slimscout.config/v1", "model_id": "tiny-llama", '
-                      '"layers": {"model.layers.0.mlp.up_proj": {"sparsity": {"ratio": 1.5}}}}')
-    assert_one_line_error(slimscout("evaluate", "--model", "tiny-llama", "--config", str(config)),
-                          "layers.model.layers.0.mlp.up_proj.sparsity.ratio")
+    config.write_text(
+        '{"schema": "slimscout.config/v1", "model_id": "tiny-llama", '
+        '"layers": {"model.layers.0.mlp.up_proj": {"sparsity": {"ratio": 1.5}}}}'
+    )
+    assert_one_line_error(
+        slimscout("evaluate", "--model", "tiny-llama", "--config", str(config)),
+        "layers.model.layers.0.mlp.up_proj.sparsity.ratio",
+    )
 
 
 @pytest.mark.slow

@@ -30,7 +30,9 @@ def budget_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"budget is the kept fraction of linear-layer parameters, in (0, 1]; got {value}")
+        raise argparse.ArgumentTypeError(
+            f"budget is the kept fraction of linear-layer parameters, in (0, 1]; got {value}"
+        )
     return value
 
 
@@ -44,9 +46,16 @@ def progress(enabled: bool = True) -> AbstractContextManager[Progress | None]:
     """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
     if not enabled or not stderr_console.is_terminal:
         return nullcontext(None)
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                    console=stderr_console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr_console,
+        transient=True,
+    )
 
 
 def note(message: str) -> None:

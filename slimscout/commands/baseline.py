@@ -11,8 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("baseline", help="build a baseline config (uniform, owl, sensitivity)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--method", required=True, choices=["uniform", "owl", "sensitivity"])
-    parser.add_argument("--operator", default="wanda",
-                        help="comma-separated operators, e.g. wanda, svd-whitened, nm-2:4, wanda,int8")
+    parser.add_argument(
+        "--operator", default="wanda", help="comma-separated operators, e.g. wanda, svd-whitened, nm-2:4, wanda,int8"
+    )
     parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")
     parser.add_argument("--tokens", type=positive_int, default=512, help="tokens per sensitivity measurement")
     parser.add_argument("--out", required=True, help="where to write the config document")
@@ -32,9 +33,14 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"tokens": args.tokens} if args.method == "sensitivity" else {}
     result = build_baseline(args.method, session, args.budget, operators, **kwargs)
     result.config.save(args.out)
-    payload = {"method": args.method, "out": args.out, "keep_ratio": result.allocation.keep_ratio,
-               "params_kept": result.allocation.params_kept, "evaluations": result.evaluations,
-               "seconds": result.seconds}
+    payload = {
+        "method": args.method,
+        "out": args.out,
+        "keep_ratio": result.allocation.keep_ratio,
+        "params_kept": result.allocation.params_kept,
+        "evaluations": result.evaluations,
+        "seconds": result.seconds,
+    }
     if args.json:
         print_json(payload)
     else:

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from slimscout.commands._common import note, positive_int, print_json
+from slimscout.commands._common import note, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tokens < 2:
         raise DatasetError(f"--tokens must be at least 2, got {args.tokens}")
-    result = evaluate(model_id=args.model, config_path=args.config, dataset=args.dataset, split=args.split,
-                      tokens=args.tokens)
+    result = evaluate(
+        model_id=args.model, config_path=args.config, dataset=args.dataset, split=args.split, tokens=args.tokens
+    )
     if args.json:
         print_json(result)
     else:
@@ -59,17 +60,30 @@ def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: str
         metrics = evaluator.dense_metrics()
     dense_bytes = 2 * session.params_linear
     return {
-        "model": model_id, "dataset": dataset, "split": split, "tokens": tokens,
+        "model": model_id,
+        "dataset": dataset,
+        "split": split,
+        "tokens": tokens,
         "predicted_tokens": metrics.n_tokens,
-        "ppl": metrics.ppl, "kl": metrics.kl, "cosine": metrics.cosine,
+        "ppl": metrics.ppl,
+        "kl": metrics.kl,
+        "cosine": metrics.cosine,
         "params_total": session.params_total - session.params_linear + cost.params,
         "params_total_dense": session.params_total,
-        "params_linear": session.params_linear, "params_kept": cost.params,
+        "params_linear": session.params_linear,
+        "params_kept": cost.params,
         "keep_ratio": cost.params / session.params_linear,
-        "bytes": cost.bytes, "bytes_linear_dense": dense_bytes,
+        "bytes": cost.bytes,
+        "bytes_linear_dense": dense_bytes,
         "seconds": time.perf_counter() - started,
-        "timing": {"load_s": session.loaded.load_seconds, "calibration_s": session.timings.calibration_s,
-                   "svd_s": session.timings.svd_s, "ranks_s": session.timings.ranks_s,
-                   "cache_load_s": session.timings.load_s, "reference_s": evaluator.reference_seconds,
-                   "apply_s": apply_s, "forward_s": metrics.seconds},
+        "timing": {
+            "load_s": session.loaded.load_seconds,
+            "calibration_s": session.timings.calibration_s,
+            "svd_s": session.timings.svd_s,
+            "ranks_s": session.timings.ranks_s,
+            "cache_load_s": session.timings.load_s,
+            "reference_s": evaluator.reference_seconds,
+            "apply_s": apply_s,
+            "forward_s": metrics.seconds,
+        },
     }

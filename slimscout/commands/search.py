@@ -13,14 +13,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--model", required=True)
     parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")
     parser.add_argument("--operators", default="wanda", help="comma-separated, e.g. wanda or svd-whitened,wanda")
-    parser.add_argument("--granularity", default="type-block",
-                        choices=["uniform", "type", "block", "type-block", "layer"])
+    parser.add_argument(
+        "--granularity", default="type-block", choices=["uniform", "type", "block", "type-block", "layer"]
+    )
     parser.add_argument("--trials", type=positive_int, default=100, help="real evaluations (baselines included)")
     parser.add_argument("--tokens", type=positive_int, default=2048, help="tokens per evaluation")
     parser.add_argument("--holdout-tokens", type=positive_int, default=4096)
     parser.add_argument("--objective", default="kl", choices=["kl", "ppl"])
-    parser.add_argument("--strategy", default="guided", choices=["guided", "tpe", "random"],
-                        help="guided: the XGBoost predictor screens candidates; tpe / random: plain samplers")
+    parser.add_argument(
+        "--strategy",
+        default="guided",
+        choices=["guided", "tpe", "random"],
+        help="guided: the XGBoost predictor screens candidates; tpe / random: plain samplers",
+    )
     parser.add_argument("--baselines", default="uniform,owl,sensitivity")
     parser.add_argument("--no-prune", action="store_true", help="measure every candidate on all tokens")
     parser.add_argument("--dataset", default="lee-news")
@@ -34,20 +39,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.guided import make_guide
     from search.runner import Progress, best_config, run_search
     from search.spec import StudySpec
     from slimscout.settings import get_settings
 
-    spec = StudySpec(model_id=args.model, budget=args.budget,
-                     operators=[op.strip() for op in args.operators.split(",") if op.strip()],
-                     granularity=args.granularity, n_trials=args.trials, eval_tokens=args.tokens,
-                     objective=args.objective, dataset=args.dataset, seed=args.seed, strategy=args.strategy,
-                     baselines=[b for b in args.baselines.split(",") if b], holdout_tokens=args.holdout_tokens,
-                     prune=not args.no_prune)
+    spec = StudySpec(
+        model_id=args.model,
+        budget=args.budget,
+        operators=[op.strip() for op in args.operators.split(",") if op.strip()],
+        granularity=args.granularity,
+        n_trials=args.trials,
+        eval_tokens=args.tokens,
+        objective=args.objective,
+        dataset=args.dataset,
+        seed=args.seed,
+        strategy=args.strategy,
+        baselines=[b for b in args.baselines.split(",") if b],
+        holdout_tokens=args.holdout_tokens,
+        prune=not args.no_prune,
+    )
     url = args.storage or get_settings().storage_url
     name = args.study or f"search-{args.model.replace('/', '_')}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
-    guide = make_guide() if spec.strategy == "guided" else None
     with progress() as bar:
         task = bar.add_task("search", total=spec.n_trials, status="") if bar else None
 
@@ -58,8 +70,14 @@ def run(args: argparse.Namespace) -> int:
             elif not args.json:
                 note(f"trial {p.finished}/{p.total} best {p.best}")
 
-        summary = run_search(spec, storage_url=url, study_name=name, workers=args.workers, guide=guide,
-                             on_status=lambda s: note(s), on_progress=on_progress)
+        summary = run_search(
+            spec,
+            storage_url=url,
+            study_name=name,
+            workers=args.workers,
+            on_status=lambda s: note(s),
+            on_progress=on_progress,
+        )
     config = best_config(summary)
     if args.out and config is not None:
         config.save(args.out)

@@ -37,8 +37,9 @@ def test_closed_form_cost_equals_accounting(layers, operator: str) -> None:  # t
 @pytest.mark.parametrize("operator", ["wanda", "svd-whitened"])
 def test_projection_lands_within_half_a_percent(layers, budget: float, operator: str) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(1)
-    allocation = project_to_budget(layers, logit_family(rng.uniform(0.1, 0.9, len(layers))), budget,
-                                   {layer.name: operator for layer in layers})
+    allocation = project_to_budget(
+        layers, logit_family(rng.uniform(0.1, 0.9, len(layers))), budget, {layer.name: operator for layer in layers}
+    )
     configs = allocation.layer_configs(layers)
     exact = model_cost(layers, configs).params / sum(layer.params for layer in layers)
     assert exact == pytest.approx(allocation.keep_ratio)
@@ -54,10 +55,13 @@ def test_projection_keeps_the_shape(layers) -> None:  # type: ignore[no-untyped-
 
 def test_unreachable_budgets_are_refused(layers) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(BudgetError, match="out of reach"):
-        project_to_budget(layers, logit_family(np.full(len(layers), 0.5)), 0.2,
-                          {layer.name: "nm-2:4" for layer in layers})
+        project_to_budget(
+            layers, logit_family(np.full(len(layers), 0.5)), 0.2, {layer.name: "nm-2:4" for layer in layers}
+        )
     with pytest.raises(BudgetError):
-        project_to_budget(layers, logit_family(np.full(len(layers), 0.5)), 1.5, {layer.name: "wanda" for layer in layers})
+        project_to_budget(
+            layers, logit_family(np.full(len(layers), 0.5)), 1.5, {layer.name: "wanda" for layer in layers}
+        )
 
 
 def test_operator_lists_are_checked() -> None:

@@ -60,10 +60,10 @@ def test_unknown_id_fails_fast_with_a_clear_message() -> None:
 
 
 def test_path_that_is_not_a_model(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         load_model(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ModelNotFoundError, match="no .safetensors"):
+    with pytest.raises(ModelNotFoundError, match=r"no \.safetensors"):
         load_model(str(tmp_path))
 
 

@@ -48,10 +48,13 @@ def test_local_files(tmp_path: Path, tiny_llama) -> None:  # type: ignore[no-unt
     assert token_stream(str(jsonl), "search", tiny_llama.tokenizer).ids.numel() > 2
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "at least 3"),
-    ("only one document", "at least 3"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "at least 3"),
+        ("only one document", "at least 3"),
+    ],
+)
 def test_empty_or_short_datasets_are_refused(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / f"d{len(content)}.txt"
     path.write_text(content)

@@ -7,86 +7,28 @@ An unreachable server makes the PostgreSQL cases fail, unless SLIMSCOUT_SKIP_POS
 
 from __future__ import annotations
 
-import itertools
 import os
 import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from storage import dispose_engines, get_engine, init_db, normalize_url, session_scope
+from storage import dispose_engines, get_engine, init_db, session_scope
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD_SCRIPT = Path(__file__).resolve().parent / "_storage_child.py"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SLIMSCOUT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-SKIP_POSTGRES = os.environ.get("SLIMSCOUT_SKIP_POSTGRES") == "1"
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@dataclass
-class PostgresServer:
-    """Creates and drops the throwaway databases of one test session."""
-
-    admin: Engine
-    prefix: str = field(default_factory=lambda: f"slimscout_test_{secrets.token_hex(4)}")
-    created: list[str] = field(default_factory=list)
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def create_database(self) -> str:
-        name = f"{self.prefix}_{next(self.counter)}"
-        with self.admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        self.created.append(name)
-        return self.admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop_database(self, url: str) -> None:
-        name = make_url(url).database
-        dispose_engines()  # our own pooled connections to it
-        with self.admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        if name in self.created:
-            self.created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self.created):
-            self.drop_database(self.admin.url.set(database=name).render_as_string(hide_password=False))
-
-
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    if SKIP_POSTGRES:
-        pytest.skip("SLIMSCOUT_SKIP_POSTGRES=1")
-    admin = create_engine(normalize_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({exc.orig}); start it, or set "
-            "SLIMSCOUT_SKIP_POSTGRES=1 to skip the PostgreSQL cases",
-            pytrace=False,
-        )
-    server = PostgresServer(admin)
-    try:
-        yield server
-    finally:
-        server.drop_all()
-        admin.dispose()
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres: PostgresServer) -> str:
+def postgres_url(postgres: Any) -> str:
     """The test session's migrated PostgreSQL database (tables are emptied before each test)."""
     url = postgres.create_database()
     init_db(url)
@@ -105,7 +47,7 @@ def empty_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> I
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         dispose_engines()
         return
-    postgres: PostgresServer = request.getfixturevalue("postgres")
+    postgres: Any = request.getfixturevalue("postgres")
     url = postgres.create_database()
     yield url
     postgres.drop_database(url)
