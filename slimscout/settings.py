@@ -16,8 +16,11 @@ class Settings(BaseSettings):
     storage_url: str = "sqlite:///slimscout.db"
     # Directories the service may load local models from (the CLI may load any local path).
     model_roots: list[Path] = Field(default_factory=list)
+    # Directories the service may read evaluation text files (.txt, .jsonl) from.
+    data_roots: list[Path] = Field(default_factory=list)
     trust_remote_code: bool = False
     hub_timeout_s: float = 3.0
+    # Bearer token(s) the API requires; a comma-separated list gives each user their own token.
     api_token: str | None = None
     max_trials: int = 1000
     max_eval_tokens: int = 65536

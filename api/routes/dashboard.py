@@ -1,0 +1,53 @@
+"""The dashboard: two HTML pages that poll the JSON API, plotly.js served from the plotly package.
+
+The pages hold no data, so they need no token; the API calls they make do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import FileResponse, HTMLResponse
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+STATIC = Path(__file__).resolve().parent.parent / "static"
+PLOTLY_PATH = "/static/vendor/plotly.min.js"
+
+router = APIRouter(include_in_schema=False)
+
+
+@cache
+def _page(name: str) -> str:
+    return (TEMPLATES / name).read_text(encoding="utf-8")
+
+
+@cache
+def plotly_js() -> Path | None:
+    """plotly.min.js from the installed plotly package (found without importing it); works offline."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+@router.get("/", response_class=HTMLResponse)
+def index() -> HTMLResponse:
+    return HTMLResponse(_page("index.html"))
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(study_id: str) -> HTMLResponse:
+    return HTMLResponse(_page("study.html"))
+
+
+@router.get(PLOTLY_PATH)
+def plotly() -> FileResponse:
+    path = plotly_js()
+    if path is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="plotly is not installed")
+    return FileResponse(path, media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})

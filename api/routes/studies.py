@@ -1,0 +1,207 @@
+"""``/v1/studies``: start, watch, cancel a search and download what it found."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import suppress
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from api import study_view
+from api.deps import OptunaDep, OwnerDep, SessionDep, SettingsDep
+from api.schemas import (
+    LayerProfile,
+    StudyCreate,
+    StudyDetail,
+    StudyList,
+    StudyListItem,
+    StudyPublic,
+    TrialPage,
+)
+from api.tarstream import tar_stream
+from api.validation import check_study
+from storage import (
+    IllegalTransitionError,
+    Study,
+    StudyStatus,
+    count_studies,
+    create_study,
+    get_artifact,
+    get_study,
+    list_studies,
+    set_status,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+TRIAL_STATES = ("complete", "running", "waiting", "fail", "pruned")
+TRIAL_STATE_PATTERN = "^(" + "|".join(TRIAL_STATES) + ")$"
+
+
+def study_spec(study: Study) -> dict[str, Any]:
+    """The Optuna study's ``slimscout`` user attribute (docs/DESIGN.md)."""
+    return {"model_id": study.model_id, "dataset": study.dataset, "split": study.split,
+            "budget": study.budget, "operators": list(study.operators), "granularity": study.granularity,
+            "n_trials": study.n_trials, "eval_tokens": study.eval_tokens, "objective": study.objective,
+            "seed": study.seed}
+
+
+def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
+    """The caller's study, else 404 (another owner's study does not exist, as far as they can tell)."""
+    study = get_study(session, study_id=study_id, owner_token_hash=owner)
+    if study is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} not found")
+    return study
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic)
+def create(body: StudyCreate, response: Response, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
+           optuna: OptunaDep) -> Study:
+    """Queue a study; workers pick it up from the database."""
+    body, errors = check_study(body, settings)
+    if errors:
+        raise RequestValidationError(errors)
+    study = create_study(session, model_id=body.model_id, dataset=body.dataset, budget=body.budget,
+                         operators=body.operators, granularity=body.granularity, n_trials=body.n_trials,
+                         eval_tokens=body.eval_tokens, objective=body.objective, seed=body.seed,
+                         owner_token_hash=owner)
+    # Commit before touching Optuna's tables: on SQLite our open write would block Optuna's.
+    # A worker that claims the row first creates the Optuna study itself (load_if_exists on both sides).
+    session.commit()
+    try:
+        optuna.create_study(study.optuna_study_name, study_spec(study))
+    except Exception as exc:
+        log.exception("could not create Optuna study %s", study.optuna_study_name)
+        with suppress(IllegalTransitionError):  # cancelled meanwhile: leave it so
+            set_status(session, study_id=study.id, status=StudyStatus.FAILED,
+                       error=f"could not create the Optuna study: {exc}")
+        session.commit()
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"study {study.id} failed to start: {exc}") from exc
+    response.headers["Location"] = f"/v1/studies/{study.id}"
+    return study
+
+
+@router.get("", response_model=StudyList)
+def list_(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
+          limit: Annotated[int, Query(ge=1, le=500)] = 100,
+          status_: Annotated[StudyStatus | None, Query(alias="status")] = None) -> StudyList:
+    """The caller's studies, newest first."""
+    studies = list_studies(session, owner_token_hash=owner, status=status_, limit=limit, offset=offset)
+    total = count_studies(session, owner_token_hash=owner, status=status_)
+    items = [StudyListItem(**StudyPublic.model_validate(study).model_dump(),
+                           best=study_view.summary_point((study.summary or {}).get("best")))
+             for study in studies]
+    return StudyList(total=total, offset=offset, limit=limit, studies=items)
+
+
+@router.get("/{study_id}", response_model=StudyDetail)
+def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> StudyDetail:
+    """Status, trial counts, progress and ETA, best so far, baselines, predictor and holdout numbers."""
+    study = _owned(session, study_id, owner)
+    trials = optuna.trials(study.optuna_study_name)
+    seen = optuna.digest(study.optuna_study_name, trials)
+    summary = study.summary or {}
+    return StudyDetail(
+        **StudyPublic.model_validate(study).model_dump(),
+        counts=study_view.counts(seen),
+        progress=study_view.progress(study, seen),
+        best=study_view.best_point(study, trials, seen),
+        baselines=study_view.baselines(study, seen),
+        predictor=summary.get("predictor") if isinstance(summary.get("predictor"), dict) else None,
+        holdout=summary.get("holdout") if isinstance(summary.get("holdout"), dict) else None,
+        summary=study_view.summary_rest(study),
+        has_checkpoint=get_artifact(session, study_id=study.id, kind="checkpoint") is not None,
+    )
+
+
+@router.get("/{study_id}/trials", response_model=TrialPage)
+def trials(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep,
+           offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+           state: Annotated[str | None, Query(pattern=TRIAL_STATE_PATTERN)] = None) -> TrialPage:
+    """Trials by number, a page at a time (the config documents stay out; see best-config)."""
+    study = _owned(session, study_id, owner)
+    selected = optuna.trials(study.optuna_study_name)
+    if state is not None:
+        selected = [t for t in selected if t.state.name.lower() == state]
+    page = selected[offset:offset + limit]
+    return TrialPage(total=len(selected), offset=offset, limit=limit,
+                     trials=[study_view.trial_public(t) for t in page])
+
+
+def _best_config(study: Study, session: SessionDep,
+                 optuna: OptunaDep) -> tuple[int | None, dict[str, Any] | None]:
+    """(trial number, config document) of the winner, from its trial or else the study's config artifact."""
+    trials = optuna.trials(study.optuna_study_name)
+    trial = study_view.best_trial(study, trials, optuna.digest(study.optuna_study_name, trials))
+    if trial is not None and isinstance(trial.user_attrs.get("config"), dict):
+        return trial.number, trial.user_attrs["config"]
+    artifact = get_artifact(session, study_id=study.id, kind="config")
+    if artifact is not None:
+        try:
+            document = json.loads(Path(artifact.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("config artifact %s of study %s is unreadable", artifact.path, study.id)
+        else:
+            if isinstance(document, dict):
+                return None, document
+    return None, None
+
+
+@router.get("/{study_id}/best-config", response_class=JSONResponse,
+            responses={200: {"description": "the config document (slimscout.config/v1)"},
+                       404: {"description": "no measured trial yet"}})
+def best_config(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> JSONResponse:
+    """The best trial's config document, as a file download."""
+    study = _owned(session, study_id, owner)
+    _, config = _best_config(study, session, optuna)
+    if config is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} has no measured config yet")
+    filename = f"slimscout-{study.id}-best-config.json"
+    return JSONResponse(config, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/{study_id}/layer-profile", response_model=LayerProfile)
+def layer_profile(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> LayerProfile:
+    """Per-layer kept fraction of the best config, by block, one trace per projection type."""
+    study = _owned(session, study_id, owner)
+    trial_number, config = _best_config(study, session, optuna)
+    return study_view.layer_profile(trial_number, config)
+
+
+@router.get("/{study_id}/checkpoint", response_model=None,
+            responses={200: {"content": {"application/x-tar": {}}}, 404: {"description": "no checkpoint"}})
+def checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    """The exported checkpoint as a tar archive, streamed."""
+    study = _owned(session, study_id, owner)
+    artifact = get_artifact(session, study_id=study.id, kind="checkpoint")
+    path = Path(artifact.path) if artifact is not None else None
+    if path is None or not path.exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} has no exported checkpoint")
+    name = f"slimscout-{study.id}-checkpoint"
+    if path.is_file() and path.suffix == ".tar":
+        return FileResponse(path, media_type="application/x-tar", filename=f"{name}.tar")
+    return StreamingResponse(tar_stream(path, name), media_type="application/x-tar",
+                             headers={"Content-Disposition": f'attachment; filename="{name}.tar"'})
+
+
+@router.post("/{study_id}/cancel", response_model=StudyPublic,
+             responses={409: {"description": "the study already finished"}})
+def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> Study:
+    """Cancel a queued or running study; workers stop picking it up."""
+    study = _owned(session, study_id, owner)
+    if study.status is StudyStatus.CANCELLED:
+        return study
+    try:
+        cancelled = set_status(session, study_id=study.id, status=StudyStatus.CANCELLED)
+    except IllegalTransitionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    if cancelled is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} not found")
+    return cancelled

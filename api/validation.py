@@ -1,0 +1,82 @@
+"""Checks of a new study that depend on the server's settings (limits, model and data roots).
+
+Each failure is reported like pydantic's own, with ``loc`` naming the field, so a client sees
+one 422 format whatever went wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from api.schemas import StudyCreate
+from compress.catalog_entries import CATALOG
+from slimscout.settings import Settings
+
+BUILTIN_DATASETS = ("lee-news",)
+HUB_DATASET = re.compile(r"^hf:[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(:[\w.\-]+)?$")
+DATA_SUFFIXES = (".txt", ".jsonl")
+
+
+def error(field: str, message: str, value: Any) -> dict[str, Any]:
+    return {"loc": ("body", field), "msg": message, "type": "value_error", "input": value}
+
+
+def inside(roots: list[Path], name: str) -> Path | None:
+    """``name`` (absolute, or relative to a root) resolved, if it lies strictly inside one of ``roots``.
+
+    Symlinks are resolved before the containment check, so neither ``..`` nor a link can escape.
+    """
+    candidate = Path(name).expanduser()
+    for root in roots:
+        base = root.expanduser().resolve()
+        try:
+            path = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            continue
+        if path != base and path.is_relative_to(base):
+            return path
+    return None
+
+
+def resolve_model_id(model_id: str, settings: Settings) -> str | None:
+    """The id to store: a catalog name as is, or the resolved directory inside a model root; else None."""
+    if model_id in CATALOG:
+        return model_id
+    path = inside(settings.model_roots, model_id)
+    if path is None or not path.is_dir() or not (path / "config.json").is_file():
+        return None
+    return str(path)
+
+
+def resolve_dataset(dataset: str, settings: Settings) -> str | None:
+    if dataset in BUILTIN_DATASETS or HUB_DATASET.match(dataset):
+        return dataset
+    path = inside(settings.data_roots, dataset)
+    if path is None or path.suffix not in DATA_SUFFIXES or not path.is_file():
+        return None
+    return str(path)
+
+
+def check_study(body: StudyCreate, settings: Settings) -> tuple[StudyCreate, list[dict[str, Any]]]:
+    """``body`` with model and dataset resolved, and the errors found (empty when it is acceptable)."""
+    errors: list[dict[str, Any]] = []
+    model_id = resolve_model_id(body.model_id, settings)
+    if model_id is None:
+        roots = ", ".join(str(root) for root in settings.model_roots) or "none configured"
+        errors.append(error("model_id", f"not a catalog model ({', '.join(CATALOG)}) nor a model directory "
+                                        f"(with config.json) inside a model root ({roots})", body.model_id))
+    dataset = resolve_dataset(body.dataset, settings)
+    if dataset is None:
+        roots = ", ".join(str(root) for root in settings.data_roots) or "none configured"
+        errors.append(error("dataset", f"expected {', '.join(BUILTIN_DATASETS)}, hf:NAME[:CONFIG], or a "
+                                       f".txt/.jsonl file inside a data root ({roots})", body.dataset))
+    if body.n_trials > settings.max_trials:
+        errors.append(error("n_trials", f"at most {settings.max_trials} trials per study", body.n_trials))
+    if body.eval_tokens > settings.max_eval_tokens:
+        errors.append(error("eval_tokens", f"at most {settings.max_eval_tokens} evaluation tokens",
+                            body.eval_tokens))
+    resolved = body.model_copy(update={"model_id": model_id or body.model_id,
+                                       "dataset": dataset or body.dataset})
+    return resolved, errors

@@ -1,0 +1,174 @@
+"""The dashboard in real headless Chromium: it follows a study live, without a reload, and downloads the best.
+
+A ``slimscout serve --workers 0`` process serves a temporary SQLite database; the test plays the workers,
+writing trials into the Optuna study while the page is open. The screenshot lands in docs/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from optuna.trial import TrialState
+
+from compress.config import config_from_dict
+from storage import get_engine, session_scope, set_status, update_summary
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    from tests.api.conftest import FakeWorker
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOT = REPO / "docs" / "dashboard.png"
+TOKEN = "alice-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BLOCKS = 30  # smollm2-135m
+
+
+@pytest.fixture
+def server(serve: Callable[..., str]) -> str:
+    return serve(api_token=TOKEN)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run",
+                     f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1440,2400"):
+        options.add_argument(argument)
+    options.binary_location = "/usr/bin/chromium"
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.set_script_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception:  # the page is mid-update
+            result = None
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def text_of(driver: WebDriver, element_id: str) -> str:
+    return str(driver.execute_script(f"return document.getElementById('{element_id}').textContent"))
+
+
+def rows(driver: WebDriver) -> int:
+    return int(driver.execute_script("return document.querySelectorAll('#trials-body tr').length"))
+
+
+def traces(driver: WebDriver, chart: str) -> int:
+    script = f"const c = document.getElementById('{chart}'); return c.data ? c.data.length : 0"
+    return int(driver.execute_script(script))
+
+
+def measure(worker: FakeWorker, name: str, rng: random.Random, count: int, *, start_kl: float,
+            source: str = "sampler", predicted: bool = False) -> None:
+    """Trials as a search would produce them: noisy, improving, near the budget."""
+    for i in range(count):
+        kl = max(0.05, start_kl * (0.97 ** i) + rng.gauss(0, 0.025))
+        ratio = 0.5 + abs(rng.gauss(0, 0.03))
+        worker.add(name, [round(kl, 4)], source=source, ratio=round(ratio, 4), duration_s=rng.uniform(20, 40),
+                   model_id="smollm2-135m", blocks=BLOCKS, worker=rng.choice(["gpu-a:4121", "gpu-b:733"]),
+                   predicted=round(kl * rng.uniform(0.85, 1.15), 4) if predicted else None)
+
+
+@pytest.mark.slow
+def test_dashboard_follows_a_study_live(server: str, browser: WebDriver, worker: FakeWorker, storage_url: str,
+                                        tmp_path: Path) -> None:
+    rng = random.Random(0)
+    created = httpx.post(f"{server}/v1/studies", headers=AUTH, json={
+        "model_id": "smollm2-135m", "budget": 0.5, "operators": ["wanda", "svd-whitened"], "n_trials": 60})
+    assert created.status_code == 201, created.text
+    study = created.json()
+    sid, name = study["id"], study["optuna_study_name"]
+    with session_scope(get_engine(storage_url)) as session:
+        set_status(session, study_id=sid, status="running")
+    for baseline, kl in (("uniform", 0.62), ("owl", 0.55), ("sensitivity", 0.49)):
+        worker.add(name, [kl], source=f"baseline:{baseline}", ratio=0.5, duration_s=30,
+                   model_id="smollm2-135m", blocks=BLOCKS)
+    measure(worker, name, rng, 6, start_kl=0.55)
+
+    # The token, entered once on the index page, is kept for the study page.
+    browser.get(server + "/")
+    browser.find_element("id", "token").send_keys(TOKEN)
+    browser.find_element("id", "token-save").click()
+    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
+    assert "smollm2-135m" in browser.find_element("id", "model_id").text
+    browser.get_log("browser")  # drop the 401s from before the token was entered
+    browser.get(f"{server}/studies/{sid}")
+    wait_for(lambda: text_of(browser, "trial-count") == "9", what="9 trials on the page")
+    assert rows(browser) == 9
+    browser.execute_script("window.__notReloaded = 42")
+
+    # Workers keep measuring; the page follows without reloading.
+    measure(worker, name, rng, 30, start_kl=0.42, predicted=True, source="predictor")
+    measure(worker, name, rng, 8, start_kl=0.40)
+    worker.add(name, [None, None], state=TrialState.RUNNING, model_id="smollm2-135m",
+               blocks=BLOCKS)
+    pairs = [[t.user_attrs["predicted"], t.value] for t in worker.study(name).get_trials()
+             if "predicted" in t.user_attrs]
+    with session_scope(get_engine(storage_url)) as session:
+        update_summary(session, study_id=sid, summary={
+            "predictor": {"spearman": 0.83, "mae": 0.031, "n_train": 24, "n_screened": 1800, "pairs": pairs},
+            "evaluations": 47, "sensitivity_evaluations": 30})
+    wait_for(lambda: text_of(browser, "trial-count") == "47", what="47 trials on the page")
+    wait_for(lambda: rows(browser) == 49, what="49 table rows (2 running)")
+    assert browser.execute_script("return window.__notReloaded") == 42
+    assert "2 running" in text_of(browser, "counts")
+    assert text_of(browser, "eta") not in ("", "–")
+    wait_for(lambda: not browser.execute_script("return document.getElementById('predictor-card').hidden"),
+             what="the predictor chart")
+    for chart in ("chart-best", "chart-pareto", "chart-predictor"):
+        assert traces(browser, chart) >= 2, chart
+    assert traces(browser, "chart-layers") == 7  # one trace per projection type
+    best = httpx.get(f"{server}/v1/studies/{sid}", headers=AUTH).json()["best"]
+    assert f"#{best['trial']}" in text_of(browser, "best")
+
+    # The download button delivers the winning config document.
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior",
+                            {"behavior": "allow", "downloadPath": str(downloads)})
+    button = browser.find_element("id", "download-config")
+    assert button.is_enabled()
+    button.click()
+    target = downloads / f"slimscout-{sid}-best-config.json"
+    wait_for(target.is_file, what="the downloaded config")
+    document = json.loads(target.read_text())
+    assert config_from_dict(document).model_id == "smollm2-135m"
+    assert document == httpx.get(f"{server}/v1/studies/{sid}/best-config", headers=AUTH).json()
+    fetched = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0], {headers: {Authorization: 'Bearer ' + localStorage.getItem('slimscout.token')}})
+          .then((r) => r.json()).then(done, (e) => done(String(e)));""", f"/v1/studies/{sid}/best-config")
+    assert fetched == document
+
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
+    browser.execute_script("window.scrollTo(0, 0)")
+    time.sleep(1.0)  # let Plotly finish its transitions
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))
