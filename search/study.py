@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.spec import StudySpec
 from slimscout.settings import get_settings
+from storage.db import normalize_url as storage_url
 
 log = logging.getLogger(__name__)
 SPEC_ATTR = "slimscout"
@@ -31,7 +32,8 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 
 def normalize_url(url: str) -> str:
-    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+    """One spelling per database (postgres:// and postgresql:// use the psycopg 3 driver)."""
+    return storage_url(url).render_as_string(hide_password=False)
 
 
 _STORAGES: dict[str, RDBStorage] = {}
@@ -45,13 +47,20 @@ def optuna_storage(url: str) -> RDBStorage:
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        _STORAGES[url] = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=interval,
-            grace_period=2 * interval,
-            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
-        )
+        for attempt in range(5):  # two processes creating Optuna's tables at once: one loses, then sees them
+            try:
+                _STORAGES[url] = RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=interval,
+                    grace_period=2 * interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     return _STORAGES[url]
 
 
