@@ -1,0 +1,461 @@
+"""Write a compressed checkpoint (``slimscout apply``) and load it back (``load_compressed``).
+
+An export is a Hugging Face-style directory::
+
+    model.safetensors        the weights, in the model's dtype (float32 for our models)
+    config.json, generation_config.json, tokenizer files
+    slimscout_config.json    the config document that produced it
+    slimscout_manifest.json  per compressible layer: how it is stored, params and bytes; totals
+
+How each layer is stored (``storage`` in the manifest):
+
+``factored``
+    a low-rank layer whose two factors hold fewer weights than the dense matrix
+    (``compress.accounting.stored_shapes``) becomes a :class:`LowRankLinear`: ``down`` [r, in] then
+    ``up`` [out, r] (bias, if any, on ``up``). These are real parameter savings.
+``dense``
+    everything else, as one [out, in] matrix: dense layers, and low-rank layers whose factors
+    would not save parameters (the rank-r product is stored).
+
+Flags on top of that: ``sparsity: "dense-with-zeros"`` (pruned weights are stored as explicit
+zeros, no sparse format), ``quant: "dequantized"`` (values lie on the quantization grid but are
+stored as floats). ``params``/``bytes`` are the honest counts of ``compress.accounting``;
+``file_params``/``file_bytes`` are what the file actually holds.
+
+Every value equals what ``ModelSession.compressed_weight`` computes (dense layers are copied from it,
+factors are checked bit for bit against it), so evaluating the export equals evaluating the config.
+
+``--merge`` writes plain dense weights (no LowRankLinear), loadable by any transformers runtime
+with ``AutoModelForCausalLM.from_pretrained``. A factored export needs :func:`load_compressed`
+(``slimscout.load_compressed``); ``compress.catalog.load_model`` uses it for any directory holding
+``slimscout_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from compress.accounting import layer_cost, stored_shapes
+from compress.config import CompressionConfig, LayerConfig
+from compress.layers import LinearLayer, count_params
+from slimscout.errors import ModelNotFoundError, SlimscoutError
+from slimscout.settings import get_settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from compress.session import ModelSession
+
+MANIFEST_NAME = "slimscout_manifest.json"
+CONFIG_NAME = "slimscout_config.json"
+WEIGHTS_NAME = "model.safetensors"
+MANIFEST_SCHEMA = "slimscout.manifest/v1"
+FORMAT_VERSION = 1
+
+
+class ExportError(SlimscoutError):
+    """An export that cannot be written (the target exists, or is not ours to replace)."""
+
+
+class CorruptCheckpointError(ModelNotFoundError):
+    """An exported checkpoint whose files are missing, truncated, or disagree with its manifest."""
+
+
+class LowRankLinear(nn.Module):
+    """``up(down(x))``: a rank-``r`` linear layer stored as two factors, ``down`` [r, in], ``up`` [out, r]."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, *, bias: bool = False,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
+        self.up = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    params_kept: int  # accounted params of the compressible layers (= ModelSession.cost(config).params)
+    params_total: int  # params_kept plus everything not compressible (embeddings, norms, head)
+    params_linear_dense: int
+    stored_params: int  # parameters the exported model really holds (tied weights once)
+    accounted_bytes: int  # compress.accounting bytes of the compressible layers
+    file_bytes: int  # size of model.safetensors
+    factored_layers: int
+    merged: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "params_kept": self.params_kept, "params_total": self.params_total,
+                "params_linear_dense": self.params_linear_dense,
+                "keep_ratio": self.params_kept / self.params_linear_dense,
+                "stored_params": self.stored_params, "accounted_bytes": self.accounted_bytes,
+                "file_bytes": self.file_bytes, "factored_layers": self.factored_layers, "merged": self.merged,
+                "seconds": self.seconds}
+
+
+# -- writing ---------------------------------------------------------------------------------
+def is_factored(layer: LinearLayer, cfg: LayerConfig | None) -> bool:
+    """Whether the accounting stores this layer as two factors (the export then does too)."""
+    return cfg is not None and len(stored_shapes(layer, cfg)) == 2
+
+
+def _factors(session: ModelSession, name: str, cfg: LayerConfig) -> tuple[Tensor, Tensor]:
+    """``left`` [out, r] and ``right`` [r, in] of a factored layer, formed as ModelSession.compressed_weight
+    forms them (whose product it returns); :func:`_build_factored` checks the product bit for bit."""
+    assert cfg.lowrank is not None
+    rank = cfg.lowrank.rank
+    factors = session.svd(cfg.lowrank.method)[name]
+    left, right = factors.left[:, :rank], factors.right[:rank]
+    if cfg.sparsity is not None:
+        wanda = cfg.sparsity.score == "wanda"
+        norm = session.stats().input_norm(name) if wanda else None
+        gram = session.stats().gram(name) if wanda else None
+        latent = (right @ gram @ right.T).diagonal().clamp_min(0).sqrt() if gram is not None else None
+        right = session._sparsify(right, cfg, name, input_norm=norm)
+        left = session._sparsify(left, cfg, name, input_norm=latent)
+    if cfg.quant is not None:
+        left, right = session._quantize(left, cfg), session._quantize(right, cfg)
+    return left, right
+
+
+def _build_factored(session: ModelSession, name: str, cfg: LayerConfig) -> LowRankLinear:
+    dense = session.modules[name]  # holds compressed_weight(name, cfg) while the config is applied
+    left, right = _factors(session, name, cfg)
+    if not torch.equal(left @ right, dense.weight):
+        raise RuntimeError(f"export of {name} disagrees with ModelSession.compressed_weight; "
+                           "compress/export.py::_factors must follow compress/session.py")
+    module = LowRankLinear(dense.in_features, dense.out_features, int(left.shape[1]),
+                           bias=dense.bias is not None, dtype=dense.weight.dtype, device=dense.weight.device)
+    with torch.no_grad():
+        module.down.weight.copy_(right)
+        module.up.weight.copy_(left)
+        if dense.bias is not None:
+            module.up.bias.copy_(dense.bias)
+    return module
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    previous: nn.Module = getattr(parent, child)
+    setattr(parent, child, module)
+    return previous
+
+
+@contextmanager
+def compressed_model(session: ModelSession, config: CompressionConfig, *,
+                     merge: bool = False) -> Iterator[nn.Module]:
+    """The session's model with ``config`` on it, factored layers swapped for LowRankLinear (unless
+    ``merge``); the dense model is put back afterwards."""
+    originals: dict[str, nn.Module] = {}
+    with session.applied(config):
+        try:
+            if not merge:
+                for layer in session.layers:
+                    cfg = config.layers.get(layer.name)
+                    if cfg is not None and is_factored(layer, cfg):
+                        originals[layer.name] = _set_module(session.model, layer.name,
+                                                            _build_factored(session, layer.name, cfg))
+            yield session.model
+        finally:
+            for name, module in originals.items():
+                _set_module(session.model, name, module)
+
+
+def _layer_entry(layer: LinearLayer, cfg: LayerConfig | None, *, factored: bool,
+                 element_size: int) -> dict[str, Any]:
+    cost = layer_cost(layer, cfg)
+    shapes = stored_shapes(layer, cfg) if factored else [(layer.out_features, layer.in_features)]
+    tensors = ({"up": list(shapes[0]), "down": list(shapes[1])} if factored
+               else {"weight": [layer.out_features, layer.in_features]})
+    file_params = sum(rows * cols for rows, cols in shapes)
+    return {
+        "shape": [layer.out_features, layer.in_features],
+        "storage": "factored" if factored else "dense",
+        "rank": cfg.lowrank.rank if cfg is not None and cfg.lowrank is not None else None,
+        "tensors": tensors,
+        "sparsity": "dense-with-zeros" if cfg is not None and cfg.sparsity is not None else None,
+        "quant": "dequantized" if cfg is not None and cfg.quant is not None else None,
+        "params": cost.params, "bytes": cost.bytes,
+        "file_params": file_params, "file_bytes": file_params * element_size,
+        "config": cfg.to_dict() if cfg is not None else {},
+    }
+
+
+def _absent_modules(model: nn.Module, kind: str) -> list[str]:
+    """Submodules the architecture built from config has but ``model`` leaves out (set to None), such as
+    the pooler of a ``BertModel(add_pooling_layer=False)``; the loader leaves them out too."""
+    skeleton = _skeleton(model.config, kind)
+    absent: list[str] = []
+    for name, _ in skeleton.named_modules():
+        if not name or any(name.startswith(f"{prefix}.") for prefix in absent):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+        except AttributeError:
+            continue
+        if getattr(parent, child, None) is None:
+            absent.append(name)
+    return absent
+
+
+def build_manifest(session: ModelSession, config: CompressionConfig, *, merge: bool,
+                   model_file_bytes: int, stored_params: int) -> dict[str, Any]:
+    from slimscout import __version__
+
+    dtype = next(iter(session.modules.values())).weight.dtype
+    element_size = torch.empty((), dtype=dtype).element_size()
+    layers = {}
+    for layer in session.layers:
+        cfg = config.layers.get(layer.name)
+        layers[layer.name] = _layer_entry(layer, cfg, factored=not merge and is_factored(layer, cfg),
+                                          element_size=element_size)
+    cost = session.cost(config)
+    return {
+        "schema": MANIFEST_SCHEMA, "format_version": FORMAT_VERSION, "model_id": config.model_id,
+        "kind": session.loaded.kind, "merged": merge, "dtype": str(dtype).removeprefix("torch."),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "slimscout_version": __version__,
+        "absent_modules": _absent_modules(session.model, session.loaded.kind),
+        "layers": layers,
+        "totals": {
+            "params": cost.params, "bytes": cost.bytes,
+            "params_linear_dense": session.params_linear, "bytes_linear_dense": 2 * session.params_linear,
+            "file_params": sum(entry["file_params"] for entry in layers.values()),
+            "file_bytes": sum(entry["file_bytes"] for entry in layers.values()),
+            "factored_layers": sum(entry["storage"] == "factored" for entry in layers.values()),
+            "model_params": stored_params, "model_file_bytes": model_file_bytes,
+        },
+    }
+
+
+def _write_weights(model: nn.Module, directory: Path) -> None:
+    """config.json, generation_config.json and model.safetensors (tied weights stored once)."""
+    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
+
+
+def check_target(out: Path, *, force: bool) -> None:
+    """Refuse an existing ``out`` unless ``force``; even then, only an export or an empty directory."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise ExportError(f"{out} already exists (pass --force to replace it)")
+    if not out.is_dir() or out.is_symlink():
+        raise ExportError(f"{out} exists and is not a directory; refusing to replace it")
+    if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise ExportError(f"{out} is not empty and not a slimscout export; "
+                          "refusing to replace it even with --force")
+
+
+def _first_missing_ancestor(path: Path) -> Path | None:
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_empty_dirs(start: Path, stop: Path | None) -> None:
+    """Remove ``start`` and its parents up to ``stop`` (the directories this export created), if empty."""
+    if stop is None:
+        return
+    path = start
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == stop:
+            return
+        path = path.parent
+
+
+def export_compressed(session: ModelSession, config: CompressionConfig, out: str | Path, *,
+                      force: bool = False, merge: bool = False) -> ExportResult:
+    """Write ``config`` applied to ``session``'s model to ``out`` (see the module docstring).
+
+    Validates first (model id, layer names, ranks via ``session.check_model``). Writes into a temporary
+    directory next to ``out`` and renames it at the end: on any error nothing is left behind.
+    """
+    start = time.perf_counter()
+    out = Path(out).expanduser().absolute()
+    session.check_model(config)
+    cost = session.cost(config)
+    check_target(out, force=force)
+    session.warm(config)
+    created = _first_missing_ancestor(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with compressed_model(session, config, merge=merge) as model:
+            _write_weights(model, staging)
+            stored_params = count_params(model)
+        session.loaded.tokenizer.save_pretrained(staging)
+        config.save(staging / CONFIG_NAME)
+        weights = staging / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ExportError(f"the model was written as shards, not one {WEIGHTS_NAME}; too large to export")
+        manifest = build_manifest(session, config, merge=merge, model_file_bytes=weights.stat().st_size,
+                                  stored_params=stored_params)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _usual_permissions(staging)
+        _replace(staging, out, force=force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty_dirs(out.parent, created)
+        raise
+    return ExportResult(out=out, params_kept=cost.params,
+                        params_total=session.params_total - session.params_linear + cost.params,
+                        params_linear_dense=session.params_linear, stored_params=stored_params,
+                        accounted_bytes=cost.bytes, file_bytes=manifest["totals"]["model_file_bytes"],
+                        factored_layers=manifest["totals"]["factored_layers"], merged=merge,
+                        seconds=time.perf_counter() - start)
+
+
+def _usual_permissions(directory: Path) -> None:
+    """mkdtemp makes a private directory (and safetensors a private file): give them the umask's modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for file in directory.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
+def _replace(staging: Path, out: Path, *, force: bool) -> None:
+    check_target(out, force=force)  # again: something may have appeared while we were writing
+    if not out.exists():
+        staging.rename(out)
+        return
+    trash = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+    out.rename(trash)
+    try:
+        staging.rename(out)
+    except BaseException:
+        trash.rename(out)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# -- loading ---------------------------------------------------------------------------------
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / MANIFEST_NAME
+    if not file.is_file():
+        raise ModelNotFoundError(f"{path} is not a slimscout export (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise CorruptCheckpointError(f"{file} is not a {MANIFEST_SCHEMA} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptCheckpointError(f"{file} has format_version {manifest.get('format_version')!r}; "
+                                     f"this slimscout reads {FORMAT_VERSION}")
+    return manifest
+
+
+@contextmanager
+def _skip_init() -> Iterator[None]:
+    """Skip random initialization while building the skeleton (every weight is loaded after)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialize (slower, same result)
+        yield
+        return
+    with no_init_weights():
+        yield
+
+
+def _skeleton(model_config: Any, kind: str) -> PreTrainedModel:
+    """The architecture ``model_config`` describes, float32, weights uninitialized."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    loader = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+    with _skip_init():
+        return loader.from_config(model_config, trust_remote_code=get_settings().trust_remote_code,
+                                  dtype=torch.float32)
+
+
+def _check_keys(model: nn.Module, missing: list[str], unexpected: list[str], file: Path) -> None:
+    """Allow missing keys only for weights tied to a loaded one (the LM head tied to the embeddings)."""
+    if unexpected:
+        raise CorruptCheckpointError(f"checkpoint {file} does not match its manifest: unexpected tensors "
+                                     f"{', '.join(sorted(unexpected)[:3])}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing_set = set(missing)
+    loaded = {id(tensor) for name, tensor in params.items() if name not in missing_set}
+    untied = [name for name in missing if name not in params or id(params[name]) not in loaded]
+    if untied:
+        raise CorruptCheckpointError(f"checkpoint {file} does not match its manifest: missing tensors "
+                                     f"{', '.join(sorted(untied)[:3])}")
+
+
+def load_compressed(path: str | Path, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A model written by ``slimscout apply``, with LowRankLinear for its factored layers, in eval mode.
+
+    Builds the architecture from config.json (no weights; remote code only if settings allow) and loads
+    model.safetensors strictly. Raises ModelNotFoundError / CorruptCheckpointError with one-line messages.
+    """
+    from transformers import AutoConfig
+
+    path = Path(path).expanduser()
+    manifest = read_manifest(path)
+    trust = get_settings().trust_remote_code
+    if not (path / "config.json").is_file():
+        raise CorruptCheckpointError(f"{path} is an export without config.json")
+    model = _skeleton(AutoConfig.from_pretrained(path, trust_remote_code=trust), manifest.get("kind", ""))
+    for name in manifest.get("absent_modules", []):
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, None)
+    for name, entry in manifest.get("layers", {}).items():
+        if entry.get("storage") != "factored":
+            continue
+        try:
+            dense = model.get_submodule(name)
+        except AttributeError:
+            raise CorruptCheckpointError(f"{path / MANIFEST_NAME} names layer {name}, which the model "
+                                         "built from config.json does not have") from None
+        if not isinstance(dense, nn.Linear):
+            raise CorruptCheckpointError(f"{path / MANIFEST_NAME}: {name} is not a linear layer")
+        _set_module(model, name, LowRankLinear(dense.in_features, dense.out_features, int(entry["rank"]),
+                                               bias=dense.bias is not None, dtype=dense.weight.dtype))
+    file = path / WEIGHTS_NAME
+    if not file.is_file():
+        raise CorruptCheckpointError(f"checkpoint {file} is missing")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {file} is truncated or corrupt ({exc})") from None
+    model.tie_weights()  # before loading, so that a tied weight is filled through whichever name was saved
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CorruptCheckpointError(f"checkpoint {file} does not match its manifest ({first})") from None
+    _check_keys(model, list(result.missing_keys), list(result.unexpected_keys), file)
+    if dtype is not None:
+        nn.Module.to(model, dtype)  # (PreTrainedModel.to is typed for devices only)
+    model.eval()
+    model.requires_grad_(False)
+    return model
