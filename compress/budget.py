@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec
+from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsityScore, SparsitySpec
 from compress.layers import LinearLayer
 from slimscout.errors import BudgetError, ConfigError
 
-SPARSITY_OPERATORS = {"wanda": "wanda", "magnitude": "magnitude"}
+SPARSITY_OPERATORS: dict[str, SparsityScore] = {"wanda": "wanda", "magnitude": "magnitude"}
 LOWRANK_OPERATORS = {"svd": "svd", "svd-whitened": "svd-whitened"}
 NM_OPERATORS = {"nm-2:4": (2, 4), "nm-4:8": (4, 8)}
 QUANT_OPERATORS = {"int8": QuantSpec(8, 128), "int4": QuantSpec(4, 128), "sdq": QuantSpec(4, 128, "1:8")}

@@ -8,6 +8,7 @@ tensor (q/k/v; gate/up) share one Gram matrix, stored once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ def collect_stats(
     # data_ptr of an input seen in this forward -> (the tensor, kept alive so the address is not reused; owner)
     seen_inputs: dict[int, tuple[torch.Tensor, str]] = {}
 
-    def hook_for(name: str):  # type: ignore[no-untyped-def]
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
             x = inputs[0]
             key = x.data_ptr()

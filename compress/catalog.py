@@ -109,7 +109,7 @@ def _smollm2_dir() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         # The weights are dequantized to float32 already; drop the GGUF marker so they serialize.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging, safe_serialization=True)
@@ -212,7 +212,8 @@ def load_model(model_id: str) -> LoadedModel:
     if model_id in builders:
         model, tokenizer = builders[model_id]()
         kind = CATALOG[model_id].kind
-        fingerprint = hashlib.sha256(f"{model_id}-seed0-{model.config.to_json_string()}".encode()).hexdigest()[:16]
+        description = model.config.to_json_string()  # type: ignore[operator,union-attr]
+        fingerprint = hashlib.sha256(f"{model_id}-seed0-{description}".encode()).hexdigest()[:16]
     elif model_id in ("smollm2-135m", "minilm-l6"):
         path = _smollm2_dir() if model_id == "smollm2-135m" else _minilm_dir()
         model, tokenizer, kind = _load_dir(path, CATALOG[model_id].kind)

@@ -65,7 +65,7 @@ def _read_local(path: Path) -> list[str]:
 def _read_hf(spec: str) -> list[str]:
     """``hf:name[:config]`` — a Hugging Face dataset's train split, field ``text`` (needs a reachable hub)."""
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError:
         raise DatasetError(f"{spec}: Hugging Face datasets need `pip install datasets`") from None
     parts = spec.removeprefix("hf:").split(":")

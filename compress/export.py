@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from compress.accounting import layer_cost, stored_shapes
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer, count_params
-from slimscout.errors import ModelNotFoundError, SlimscoutError
+from slimscout.errors import CorruptCheckpointError, ExportError, ModelNotFoundError
 from slimscout.settings import get_settings
 
 if TYPE_CHECKING:
@@ -66,14 +66,6 @@ CONFIG_NAME = "slimscout_config.json"
 WEIGHTS_NAME = "model.safetensors"
 MANIFEST_SCHEMA = "slimscout.manifest/v1"
 FORMAT_VERSION = 1
-
-
-class ExportError(SlimscoutError):
-    """An export that cannot be written (the target exists, or is not ours to replace)."""
-
-
-class CorruptCheckpointError(ModelNotFoundError):
-    """An exported checkpoint whose files are missing, truncated, or disagree with its manifest."""
 
 
 class LowRankLinear(nn.Module):
@@ -121,31 +113,11 @@ def is_factored(layer: LinearLayer, cfg: LayerConfig | None) -> bool:
     return cfg is not None and len(stored_shapes(layer, cfg)) == 2
 
 
-def _factors(session: ModelSession, name: str, cfg: LayerConfig) -> tuple[Tensor, Tensor]:
-    """``left`` [out, r] and ``right`` [r, in] of a factored layer, formed as ModelSession.compressed_weight
-    forms them (whose product it returns); :func:`_build_factored` checks the product bit for bit."""
-    assert cfg.lowrank is not None
-    rank = cfg.lowrank.rank
-    factors = session.svd(cfg.lowrank.method)[name]
-    left, right = factors.left[:, :rank], factors.right[:rank]
-    if cfg.sparsity is not None:
-        wanda = cfg.sparsity.score == "wanda"
-        norm = session.stats().input_norm(name) if wanda else None
-        gram = session.stats().gram(name) if wanda else None
-        latent = (right @ gram @ right.T).diagonal().clamp_min(0).sqrt() if gram is not None else None
-        right = session._sparsify(right, cfg, name, input_norm=norm)
-        left = session._sparsify(left, cfg, name, input_norm=latent)
-    if cfg.quant is not None:
-        left, right = session._quantize(left, cfg), session._quantize(right, cfg)
-    return left, right
-
-
 def _build_factored(session: ModelSession, name: str, cfg: LayerConfig) -> LowRankLinear:
     dense = session.modules[name]  # holds compressed_weight(name, cfg) while the config is applied
-    left, right = _factors(session, name, cfg)
+    left, right = session.compressed_factors(name, cfg)
     if not torch.equal(left @ right, dense.weight):
-        raise RuntimeError(f"export of {name} disagrees with ModelSession.compressed_weight; "
-                           "compress/export.py::_factors must follow compress/session.py")
+        raise RuntimeError(f"export of {name} disagrees with the weight the session applied")
     module = LowRankLinear(dense.in_features, dense.out_features, int(left.shape[1]),
                            bias=dense.bias is not None, dtype=dense.weight.dtype, device=dense.weight.device)
     with torch.no_grad():

@@ -87,7 +87,7 @@ class ModelSession:
         self.layers: list[LinearLayer] = linear_layers(self.model)
         self.by_name = {layer.name: layer for layer in self.layers}
         modules = dict(self.model.named_modules())
-        self.modules: dict[str, nn.Linear] = {layer.name: modules[layer.name] for layer in self.layers}  # type: ignore[misc]
+        self.modules: dict[str, nn.Linear] = {layer.name: modules[layer.name] for layer in self.layers}
         self._dense = {name: module.weight.detach().clone() for name, module in self.modules.items()}
         self.calibration_dataset = calibration_dataset
         self.calibration_tokens = calibration_tokens
@@ -275,14 +275,24 @@ class ModelSession:
             if cfg.sparsity is not None:
                 weight = self._sparsify(weight, cfg, name, input_norm=self.stats().input_norm(name) if wanda else None)
             return self._quantize(weight, cfg) if cfg.quant is not None else weight
+        left, right = self.compressed_factors(name, cfg)
+        return left @ right
+
+    def compressed_factors(self, name: str, cfg: LayerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """``left`` [out, r] and ``right`` [r, in] of a factored layer (sparsified, quantized), as stored."""
+        assert cfg.lowrank is not None
+        rank = cfg.lowrank.rank
+        factors = self.svd(cfg.lowrank.method)[name]
+        left, right = factors.left[:, :rank], factors.right[:rank]
         if cfg.sparsity is not None:
+            wanda = cfg.sparsity.score == "wanda"
             norm = self.stats().input_norm(name) if wanda else None
             latent = (right @ self.stats().gram(name) @ right.T).diagonal().clamp_min(0).sqrt() if wanda else None
             right = self._sparsify(right, cfg, name, input_norm=norm)
             left = self._sparsify(left, cfg, name, input_norm=latent)
         if cfg.quant is not None:
             left, right = self._quantize(left, cfg), self._quantize(right, cfg)
-        return left @ right
+        return left, right
 
     def apply(self, config: CompressionConfig) -> float:
         """Put ``config`` on the model (after restoring dense); returns the seconds it took."""

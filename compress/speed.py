@@ -24,11 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimscout.errors import SlimscoutError
-
-
-class BenchmarkError(SlimscoutError):
-    """A speed measurement that cannot run as asked (e.g. longer than the model's context)."""
+from slimscout.errors import BenchmarkError
 
 
 @dataclass(frozen=True)

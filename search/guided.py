@@ -133,8 +133,8 @@ class Guide:
                 "cv_pairs": [[math.exp(p), math.exp(m)] for p, m in quality["pairs"]],
             }
         screened_pairs = [
-            [t.user_attrs["predicted"], float(t.value)]
-            for t in trials  # type: ignore[arg-type]
+            [t.user_attrs["predicted"], t.value]
+            for t in trials
             if "predicted" in t.user_attrs
         ]
         report |= {

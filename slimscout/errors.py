@@ -30,3 +30,15 @@ class ConfigError(SlimscoutError):
 
 class BudgetError(SlimscoutError):
     """A budget that cannot be met (outside (0, 1], or below what the operators can reach)."""
+
+
+class ExportError(SlimscoutError):
+    """An export that cannot be written (the target exists, or is not ours to replace)."""
+
+
+class CorruptCheckpointError(ModelNotFoundError):
+    """An exported checkpoint whose files are missing, truncated, or disagree with its manifest."""
+
+
+class BenchmarkError(SlimscoutError):
+    """A speed measurement that cannot run as asked (e.g. longer than the model's context)."""

@@ -7,7 +7,7 @@ import argparse
 from slimscout.commands._common import budget_float, note, positive_int, print_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("baseline", help="build a baseline config (uniform, owl, sensitivity)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--method", required=True, choices=["uniform", "owl", "sensitivity"])

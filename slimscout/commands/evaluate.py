@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimscout.commands._common import note, print_json
 
+if TYPE_CHECKING:
+    from compress.data import Split
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("evaluate", help="measure perplexity, KL to dense, parameters and bytes")
     parser.add_argument("--model", required=True, help="catalog id, local directory, or hub id")
     parser.add_argument("--config", help="config document (slimscout.config/v1 JSON); default: dense")
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: str, tokens: int) -> dict[str, Any]:
+def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Split, tokens: int) -> dict[str, Any]:
     from compress.config import CompressionConfig, load_config
     from compress.data import token_stream
     from compress.session import ModelSession

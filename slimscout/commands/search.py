@@ -8,7 +8,7 @@ import time
 from slimscout.commands._common import budget_float, note, positive_int, print_json, progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("search", help="search the best per-layer config under a budget")
     parser.add_argument("--model", required=True)
     parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")

@@ -7,7 +7,7 @@ import signal
 import threading
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("worker", help="measure trials from a shared study storage")
     parser.add_argument("--storage", help="database URL (default: settings.storage_url)")
     parser.add_argument("--study", help="serve only this study (default: every open study of the service)")

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from compress.catalog import LoadedModel
-from compress.speed import BenchmarkError, measure_speed
+from compress.speed import measure_speed
 from slimscout.cli import main
+from slimscout.errors import BenchmarkError
 
 
 def vocab_size(loaded: LoadedModel) -> int:
