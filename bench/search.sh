@@ -1,19 +1,12 @@
 #!/usr/bin/env bash
-# Searches on the real model (issue 4/5): Wanda at budget 0.4 (guided and plain TPE, same seed and
-# tokens) and whitened SVD at 0.8 (guided). Each prints one JSON object to bench/results/search/.
-# Usage: bash bench/search.sh [TRIALS]   (default 80 real evaluations per study)
+# A search on the real model (issues 4/5): one study, JSON to bench/results/search/NAME.json.
+# Usage: bash bench/search.sh NAME BUDGET OPERATORS STRATEGY TRIALS [BASELINES]
+#   e.g. bash bench/search.sh wanda-0.4-guided 0.4 wanda guided 60
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SLIMSCOUT:-.venv/bin/slimscout}
-TRIALS=${1:-80}
 OUT=bench/results/search
 mkdir -p "$OUT"
-DB="sqlite:///$PWD/$OUT/studies.db"
-study() {  # name budget operators strategy
-  $S search --model smollm2-135m --budget "$2" --operators "$3" --strategy "$4" --trials "$TRIALS" \
-    --tokens 2048 --holdout-tokens 4096 --seed 0 --storage "$DB" --study "$1-$(date +%s)" \
-    --out "$OUT/$1.best.json" --json > "$OUT/$1.json"
-}
-study wanda-0.4-guided 0.4 wanda guided
-study wanda-0.4-tpe 0.4 wanda tpe
-study svd-whitened-0.8-guided 0.8 svd-whitened guided
+$S search --model smollm2-135m --budget "$2" --operators "$3" --strategy "$4" --trials "$5" \
+  --baselines "${6:-uniform,owl,sensitivity}" --tokens 2048 --holdout-tokens 4096 --seed 0 \
+  --storage "sqlite:///$PWD/$OUT/studies.db" --study "$1-$(date +%s)" --out "$OUT/$1.best.json" --json > "$OUT/$1.json"

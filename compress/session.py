@@ -298,18 +298,19 @@ class ModelSession:
         """Put ``config`` on the model (after restoring dense); returns the seconds it took."""
         self.cost(config)
         start = time.perf_counter()
-        self.restore()
+        self.restore(keep=set(config.layers))  # the others are overwritten below anyway
         with torch.no_grad():
             for name, cfg in config.layers.items():
                 self.modules[name].weight.copy_(self.compressed_weight(name, cfg))
                 self._applied.add(name)
         return time.perf_counter() - start
 
-    def restore(self) -> None:
+    def restore(self, keep: set[str] | None = None) -> None:
+        """Put the dense weights back (except in ``keep``, which the caller is about to overwrite)."""
         with torch.no_grad():
-            for name in self._applied:
+            for name in self._applied - (keep or set()):
                 self.modules[name].weight.copy_(self._dense[name])
-        self._applied.clear()
+        self._applied &= keep or set()
 
     @contextmanager
     def applied(self, config: CompressionConfig) -> Iterator[float]:

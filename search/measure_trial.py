@@ -45,7 +45,8 @@ def measure_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ben
         with session.applied(config) as apply_s:
             for step, metrics in enumerate(evaluator.stream()):
                 trial.report(metrics.score(spec.objective), step)
-                if not source.startswith("baseline") and trial.should_prune():
+                # Seeds and screened candidates are already the promising few: measure them fully.
+                if source == "sampler" and trial.should_prune():
                     state = TrialState.PRUNED
                     break
         assert metrics is not None

@@ -53,6 +53,8 @@ def work_on_study(
         if guide is not None and now.waiting == 0:
             guide(study, spec, bench, now)
         trial = study.ask()
+        # A first heartbeat at once: a trial without any is never seen as stale if we die now.
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         if slot_of(study, trial.number) >= spec.n_trials:
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=TrialState.FAIL)
