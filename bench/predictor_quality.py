@@ -37,7 +37,8 @@ def main() -> int:
         study = optuna.load_study(study_name=name, storage=args.storage)
         spec = study.user_attrs.get(SPEC_ATTR, {})
         if spec.get("model_id") == args.model and spec.get("budget") == args.budget:
-            trials += [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if "config" in t.user_attrs]
+            done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            trials += [t for t in done if "config" in t.user_attrs]
     session = Workbench().session(args.model)
     builder = FeatureBuilder(session.layers, LayerProxy(session))
     X = builder.matrix([config_from_dict(t.user_attrs["config"]).layers for t in trials])
