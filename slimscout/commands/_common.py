@@ -14,14 +14,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 stderr_console = Console(stderr=True)
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def budget_float(text: str) -> float:
@@ -34,6 +42,15 @@ def budget_float(text: str) -> float:
             f"budget is the kept fraction of linear-layer parameters, in (0, 1]; got {value}"
         )
     return value
+
+
+def print_result(payload: dict[str, Any], *, as_json: bool, width: int = 16) -> None:
+    """One JSON object on stdout, or one ``key value`` line per field."""
+    if as_json:
+        print_json(payload)
+        return
+    for key, value in payload.items():
+        print(f"{key:{width}} {value}")
 
 
 def print_json(payload: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimscout.commands._common import note, print_json
+from slimscout.commands._common import note, print_result
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,11 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     result = apply(model_id=args.model, config_path=args.config, out=args.out, force=args.force,
                    merge=args.merge)
-    if args.json:
-        print_json(result)
-    else:
-        for key, value in result.items():
-            print(f"{key:20} {value}")
+    print_result(result, as_json=args.json, width=20)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from slimscout.commands._common import note, print_json
+from slimscout.commands._common import note, print_result
 
 if TYPE_CHECKING:
     from compress.data import Split
@@ -31,11 +31,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         model_id=args.model, config_path=args.config, dataset=args.dataset, split=args.split, tokens=args.tokens
     )
-    if args.json:
-        print_json(result)
-    else:
-        for key, value in result.items():
-            print(f"{key:16} {value}")
+    print_result(result, as_json=args.json)
     return 0
 
 

@@ -6,17 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from slimscout.commands._common import note, positive_int, print_json
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+from slimscout.commands._common import non_negative_int, note, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
