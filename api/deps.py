@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.optuna_store import OptunaStore
+from api.schemas import Message
 from slimscout.settings import Settings
 from storage import get_engine, hash_token, session_scope
 
@@ -65,3 +66,6 @@ def get_owner(settings: SettingsDep,
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]
+# For the routers of routes that declare OwnerDep, so the schema documents the 401.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "missing or invalid bearer token (when SLIMSCOUT_API_TOKEN is set)"}}

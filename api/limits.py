@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.refusals import log_refusal
+
 
 class BodyLimitMiddleware:
     """Pure ASGI: checks Content-Length up front, and counts chunked bodies as they arrive."""
@@ -27,7 +29,7 @@ class BodyLimitMiddleware:
             except ValueError:
                 too_big = False  # the server rejects malformed lengths itself
             if too_big:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
         elif b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body
@@ -42,7 +44,7 @@ class BodyLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -52,8 +54,10 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body exceeds {self.max_bytes} bytes"}).encode()
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        reason = f"request body exceeds {self.max_bytes} bytes"
+        log_refusal(scope.get("method", ""), scope.get("path", ""), 413, reason)
+        body = json.dumps({"detail": reason}).encode()
         headers: list[tuple[bytes, Any]] = [(b"content-type", b"application/json"),
                                              (b"content-length", str(len(body)).encode()),
                                              (b"connection", b"close")]

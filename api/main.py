@@ -17,7 +17,9 @@ from fastapi.staticfiles import StaticFiles
 
 from api.limits import BodyLimitMiddleware
 from api.optuna_store import OptunaStore
+from api.refusals import install as install_refusals
 from api.routes import dashboard, health, models, studies
+from api.unavailable import DatabaseUnavailableMiddleware
 from slimscout import __version__
 from slimscout.settings import Settings, get_settings
 from storage import init_db
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.optuna = OptunaStore(settings.storage_url)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(DatabaseUnavailableMiddleware)  # a database outage is a 503 with Retry-After
+    install_refusals(app)
     for router in (health.router, models.router, studies.router, dashboard.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Operator = Literal["wanda", "magnitude", "svd", "svd-whitened", "nm-2:4", "nm-4:8", "int8", "int4", "sdq"]
 Granularity = Literal["uniform", "type", "block", "type-block", "layer"]
-Objective = Literal["ppl", "kl"]
+Objective = Literal["ppl", "kl", "cosine"]
 OPERATORS: tuple[str, ...] = get_args(Operator)
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 
@@ -28,6 +28,20 @@ class StudyCreate(BaseModel):
     eval_tokens: Annotated[int, Field(ge=2)] = 2048
     objective: Objective = "kl"
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    warm_start: bool = Field(
+        default=True, description="start the accuracy predictor from earlier studies on this server with the same "
+                                  "model, dataset, eval_tokens and objective (any budget or granularity)")
+    trust_remote_code: bool = Field(
+        default=False, description="the model needs its own Python code; refused unless the operator set "
+                                   "SLIMSCOUT_TRUST_REMOTE_CODE (the workers' setting decides, not this field)")
+
+    @field_validator("model_id", "dataset")
+    @classmethod
+    def _printable(cls, text: str) -> str:
+        control = next((ch for ch in text if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
+        if control is not None:
+            raise ValueError(f"control characters are not allowed (found U+{ord(control):04X})")
+        return text
 
     @field_validator("operators")
     @classmethod
@@ -64,6 +78,7 @@ class StudyPublic(BaseModel):
     eval_tokens: int
     objective: str
     seed: int
+    warm_start: bool
     optuna_study_name: str
     error: str | None
     created_at: datetime
@@ -163,6 +178,12 @@ class ModelsPublic(BaseModel):
     local: list[LocalModel]
     operators: list[str]
     granularities: list[str]
+
+
+class Message(BaseModel):
+    """The body of an error other than a validation error."""
+
+    detail: str
 
 
 class Health(BaseModel):

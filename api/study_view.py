@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from api.schemas import LayerProfile, Point, Progress, TrialCounts, TrialPublic
@@ -45,6 +46,11 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def utc(moment: datetime | None) -> datetime | None:
+    """Optuna's naive local times as UTC, so the JSON carries an offset (RFC 3339, as the schema says)."""
+    return moment.astimezone(UTC) if moment is not None else None
+
+
 def trial_public(trial: FrozenTrial) -> TrialPublic:
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration is not None else None
@@ -55,7 +61,7 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
         source=text(attrs.get("source")), predicted=number(attrs.get("predicted")), duration_s=duration,
         worker=text(attrs.get("worker")), params_kept=integer(attrs.get("params_kept")),
         bytes=integer(attrs.get("bytes")), n_tokens=integer(attrs.get("n_tokens")),
-        datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+        datetime_start=utc(trial.datetime_start), datetime_complete=utc(trial.datetime_complete),
     )
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from api.schemas import StudyCreate
 from compress.catalog_entries import CATALOG
+from compress.model_dir import check_model_dir
+from slimscout.errors import SlimscoutError
 from slimscout.settings import Settings
 
 BUILTIN_DATASETS = ("lee-news",)
@@ -27,34 +29,50 @@ def inside(roots: list[Path], name: str) -> Path | None:
     """``name`` (absolute, or relative to a root) resolved, if it lies strictly inside one of ``roots``.
 
     Symlinks are resolved before the containment check, so neither ``..`` nor a link can escape.
+    Names no file system would take (a NUL byte, a component too long, ``~nobody``) lie nowhere.
     """
-    candidate = Path(name).expanduser()
+    if "\0" in name:
+        return None
     for root in roots:
         base = root.expanduser().resolve()
         try:
+            candidate = Path(name).expanduser()
             path = (candidate if candidate.is_absolute() else base / candidate).resolve()
-        except (OSError, RuntimeError):  # a symlink loop
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, an unknown user, a bad name
             continue
         if path != base and path.is_relative_to(base):
             return path
     return None
 
 
-def resolve_model_id(model_id: str, settings: Settings) -> str | None:
-    """The id to store: a catalog name as is, or the resolved directory inside a model root; else None."""
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long
+        return False
+
+
+def resolve_model_id(model_id: str, settings: Settings) -> tuple[str | None, str | None]:
+    """(the id to store, why it is refused): a catalog name as is, or the checked directory inside a model root."""
     if model_id in CATALOG:
-        return model_id
+        return model_id, None
     path = inside(settings.model_roots, model_id)
-    if path is None or not path.is_dir() or not (path / "config.json").is_file():
-        return None
-    return str(path)
+    if path is None or not _is_file(path / "config.json"):
+        roots = ", ".join(str(root) for root in settings.model_roots) or "none configured"
+        return None, (f"not a catalog model ({', '.join(CATALOG)}) nor a model directory "
+                      f"(with config.json) inside a model root ({roots})")
+    try:
+        check_model_dir(path, trust_remote_code=settings.trust_remote_code)
+    except (SlimscoutError, OSError) as exc:
+        return None, str(exc)
+    return str(path), None
 
 
 def resolve_dataset(dataset: str, settings: Settings) -> str | None:
     if dataset in BUILTIN_DATASETS or HUB_DATASET.match(dataset):
         return dataset
     path = inside(settings.data_roots, dataset)
-    if path is None or path.suffix not in DATA_SUFFIXES or not path.is_file():
+    if path is None or path.suffix not in DATA_SUFFIXES or not _is_file(path):
         return None
     return str(path)
 
@@ -62,11 +80,9 @@ def resolve_dataset(dataset: str, settings: Settings) -> str | None:
 def check_study(body: StudyCreate, settings: Settings) -> tuple[StudyCreate, list[dict[str, Any]]]:
     """``body`` with model and dataset resolved, and the errors found (empty when it is acceptable)."""
     errors: list[dict[str, Any]] = []
-    model_id = resolve_model_id(body.model_id, settings)
-    if model_id is None:
-        roots = ", ".join(str(root) for root in settings.model_roots) or "none configured"
-        errors.append(error("model_id", f"not a catalog model ({', '.join(CATALOG)}) nor a model directory "
-                                        f"(with config.json) inside a model root ({roots})", body.model_id))
+    model_id, refusal = resolve_model_id(body.model_id, settings)
+    if refusal is not None:
+        errors.append(error("model_id", refusal, body.model_id))
     dataset = resolve_dataset(body.dataset, settings)
     if dataset is None:
         roots = ", ".join(str(root) for root in settings.data_roots) or "none configured"
@@ -77,6 +93,9 @@ def check_study(body: StudyCreate, settings: Settings) -> tuple[StudyCreate, lis
     if body.eval_tokens > settings.max_eval_tokens:
         errors.append(error("eval_tokens", f"at most {settings.max_eval_tokens} evaluation tokens",
                             body.eval_tokens))
+    if body.trust_remote_code and not settings.trust_remote_code:
+        errors.append(error("trust_remote_code", "this server does not run model code from model directories "
+                                                 "(the operator has not set SLIMSCOUT_TRUST_REMOTE_CODE)", True))
     resolved = body.model_copy(update={"model_id": model_id or body.model_id,
                                        "dataset": dataset or body.dataset})
     return resolved, errors

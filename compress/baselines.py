@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +101,24 @@ def sensitivity_levels(budget: float) -> list[float]:
     return sorted({round(min(0.95, max(0.05, budget * f)), 4) for f in (0.5, 0.75, 1.0, 1.5)})
 
 
+def _scan_path(session: ModelSession, budget: float, operators: Sequence[str], tokens: int, dataset: str) -> Path:
+    ops = _block_operator(session, operators)
+    levels = sensitivity_levels(budget)
+    key = json.dumps({"op": sorted(set(ops.values())), "levels": levels, "tokens": tokens, "dataset": dataset})
+    return session.cache_dir / f"sensitivity-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+def cached_scan(
+    session: ModelSession, budget: float, operators: Sequence[str], *, tokens: int = 512, dataset: str = "lee-news"
+) -> dict[int, dict[float, float]] | None:
+    """The stored sensitivity scan ({block: {keep: kl}}), or None when it was never run (never runs one)."""
+    path = _scan_path(session, budget, operators, tokens, dataset)
+    if not path.is_file():
+        return None
+    cached = json.loads(path.read_text())
+    return {int(b): {float(k): v for k, v in d.items()} for b, d in cached["kl"].items()}
+
+
 def sensitivity_scan(
     session: ModelSession,
     budget: float,
@@ -115,11 +134,10 @@ def sensitivity_scan(
     """
     ops = _block_operator(session, operators)
     levels = sensitivity_levels(budget)
-    key = json.dumps({"op": sorted(set(ops.values())), "levels": levels, "tokens": tokens, "dataset": dataset})
-    path = session.cache_dir / f"sensitivity-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        return {int(b): {float(k): v for k, v in d.items()} for b, d in cached["kl"].items()}, 0, 0.0
+    path = _scan_path(session, budget, operators, tokens, dataset)
+    cached = cached_scan(session, budget, operators, tokens=tokens, dataset=dataset)
+    if cached is not None:
+        return cached, 0, 0.0
     _, quant = check_operators(operators)
     evaluator = session.evaluator(dataset=dataset, split="search", tokens=tokens)
     blocks = sorted({layer.block for layer in session.layers})

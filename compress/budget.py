@@ -13,6 +13,7 @@ construction. Costs are computed in closed form with numpy (microseconds per ste
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -89,13 +90,15 @@ def layer_config(layer: LinearLayer, keep: float, operator: str, quant: QuantSpe
     """The setting of ``operator`` that keeps ``keep`` of the layer (rounded as ``kept_params`` does)."""
     if keep >= 1.0:
         return LayerConfig(quant=quant)
+    # Scalar twins of _sparse_pruned and _ranks (same rounding): a search builds ~10^5 of these per round.
     if operator in SPARSITY_OPERATORS:
-        pruned = int(_sparse_pruned(np.array([layer.in_features]), np.array([keep]))[0])
-        ratio = pruned / layer.in_features
+        cols = layer.in_features
+        pruned = min(max(round((1.0 - keep) * cols), 0), cols - 1)
+        ratio = pruned / cols
         return LayerConfig(sparsity=SparsitySpec(ratio, SPARSITY_OPERATORS[operator]) if pruned else None, quant=quant)
     if operator in LOWRANK_OPERATORS:
-        arrays = LayerArrays.of([layer])
-        rank = int(_ranks(arrays, np.array([keep]))[0])
+        full = min(layer.out_features, layer.in_features)
+        rank = min(max(math.floor(keep * layer.params / (layer.in_features + layer.out_features)), 1), full)
         if rank * (layer.in_features + layer.out_features) >= layer.params:
             return LayerConfig(quant=quant)
         return LayerConfig(lowrank=LowRankSpec(rank, LOWRANK_OPERATORS[operator]), quant=quant)  # type: ignore[arg-type]

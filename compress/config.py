@@ -195,4 +195,6 @@ def load_config(path: str | Path) -> CompressionConfig:
         raise ConfigError("", f"config file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"config file {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError("", f"config file {path} nests too deeply to be a config document") from None
     return config_from_dict(raw)

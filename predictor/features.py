@@ -11,6 +11,9 @@ predictor trained in one study can seed another on the same model and data. Feat
   weighted (kept / params of the group);
 * with a proxy: ``err/type=T`` and ``err/depth=A-B``, sums of per-layer relative output errors;
   ``err/total``; ``err/weighted`` = sum of sensitivity × error; ``err/max``;
+* with measured block damage (the sensitivity scan: KL of each block compressed alone at a few keep
+  levels): ``scan/sum``, the sum over blocks of that damage interpolated at the block's keep (an
+  additive estimate of the config's KL), its log, and ``scan/max``;
 * ``frac/lowrank``, ``frac/sparsity``, ``frac/quant``, ``frac/dense``: share of layers using each;
 * ``knob/NAME`` for each of ``knob_names`` (NaN where a trial lacks it).
 """
@@ -40,7 +43,8 @@ class FeatureBuilder:
 
     def __init__(self, layers: list[LinearLayer], proxy: LayerErrors | None,
                  sensitivity: Mapping[str, float] | None = None, *, knob_names: Sequence[str] | None = None,
-                 depth_ranges: int = DEPTH_RANGES) -> None:
+                 depth_ranges: int = DEPTH_RANGES,
+                 block_damage: Mapping[int, Mapping[float, float]] | None = None) -> None:
         if not layers:
             raise ValueError("a FeatureBuilder needs at least one layer")
         if depth_ranges < 1:
@@ -65,6 +69,34 @@ class FeatureBuilder:
         self._type_params = np.bincount(self._type_of, self._params, len(self.types))
         self._depth_params = np.bincount(self._depth_of, self._params, len(self.depth_labels))
         self._cost_memo: dict[tuple[str, LayerConfig], tuple[int, int]] = {}
+        self._blocks = blocks
+        self._block_of = np.array([blocks.index(layer.block) for layer in self.layers])
+        self._block_params = np.bincount(self._block_of, self._params, len(blocks))
+        self._damage = self._damage_curves(block_damage) if block_damage else None
+
+    def _damage_curves(self, block_damage: Mapping[int, Mapping[float, float]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per block (in ``self._blocks`` order): keep levels and damage, with no damage at keep 1."""
+        missing = [b for b in self._blocks if b not in block_damage]
+        if missing:
+            raise ValueError(f"block_damage lacks block(s) {missing[:3]}")
+        curves = []
+        for block in self._blocks:
+            points = [*sorted((float(k), float(v)) for k, v in block_damage[block].items() if k < 1.0), (1.0, 0.0)]
+            curves.append((np.array([k for k, _ in points]), np.array([v for _, v in points])))
+        return curves
+
+    def _scan_damage(self, kept: np.ndarray) -> np.ndarray:
+        """Each block's measured damage at its keep ratio; below the lowest level, the first slope goes on."""
+        keep = np.bincount(self._block_of, kept, len(self._blocks)) / self._block_params
+        assert self._damage is not None
+        out = np.empty(len(self._blocks))
+        for i, (xs, ys) in enumerate(self._damage):
+            if keep[i] < xs[0] and len(xs) > 1:
+                slope = (ys[1] - ys[0]) / (xs[1] - xs[0])
+                out[i] = ys[0] + slope * (keep[i] - xs[0])
+            else:
+                out[i] = np.interp(keep[i], xs, ys)
+        return np.maximum(out, 0.0)
 
     def _sensitivity(self, sensitivity: Mapping[str, float] | None) -> np.ndarray:
         """Per-layer weights in layer order: given ones, missing layers at the mean given (1 if none)."""
@@ -85,6 +117,8 @@ class FeatureBuilder:
         if self.proxy is not None:
             names += [f"err/type={t}" for t in self.types] + [f"err/depth={d}" for d in self.depth_labels]
             names += ["err/total", "err/weighted", "err/max"]
+        if self._damage is not None:
+            names += ["scan/sum", "scan/log", "scan/max"]
         names += [f"frac/{op}" for op in OPERATORS] + ["frac/dense"]
         return names + [f"knob/{k}" for k in self.knob_names]
 
@@ -133,6 +167,9 @@ class FeatureBuilder:
             parts += [np.bincount(self._type_of, err, len(self.types)),
                       np.bincount(self._depth_of, err, len(self.depth_labels)),
                       [float(err.sum()), float(self.sensitivity @ err), float(err.max())]]
+        if self._damage is not None:
+            damage = self._scan_damage(kept)
+            parts.append([float(damage.sum()), float(np.log(damage.sum() + 1e-6)), float(damage.max())])
         parts += [uses.mean(axis=1), [1.0 - float(uses.any(axis=0).mean())]]
         parts.append(self._knobs(knobs))
         return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])

@@ -5,6 +5,11 @@ draw many candidates — perturbations of the best measured knobs and random poi
 ranges where the best configurations live (the search space shrinks as evidence accrues); score
 them all with the predictor; enqueue only the top few, with an exploration share picked by
 uncertainty. Until ``n_init`` trials are measured, the plain sampler (TPE) proposes.
+
+Warm start (``spec.warm_start``): the measured trials of earlier studies in the same storage on the
+same model, data, split, tokens and objective train a prior predictor; this study's predictor then
+learns only the correction to it, and screening starts as soon as the seed trials are measured.
+Features depend only on the config, so a study at another budget or granularity is a valid prior.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
+from compress.baselines import cached_scan
 from compress.config import LayerConfig, config_from_dict
 from predictor.features import FeatureBuilder
 from predictor.proxy import LayerProxy
@@ -26,10 +33,14 @@ from predictor.xgb import XGBPredictor
 from search.context import Workbench
 from search.space import SearchSpace
 from search.spec import StudySpec
-from search.study import Counts, measured
+from search.study import SPEC_ATTR, Counts, measured
 
 log = logging.getLogger(__name__)
 PREDICTOR_ATTR = "predictor"
+#: What must match for an earlier study's measurements to mean the same thing as this one's.
+COMPARABLE = ("model_id", "dataset", "split", "eval_tokens", "objective")
+MIN_PRIOR_PAIRS = 10
+WARM_INIT = 2  # with a prior, two measured trials of this study are enough to start screening
 
 
 def target(value: float) -> float:
@@ -43,16 +54,23 @@ class Guide:
     n_candidates: int = 400
     per_round: int = 2
     explore_share: float = 0.25
-    cv_every: int = 5
-    _features: dict[str, FeatureBuilder] = field(default_factory=dict)
+    cv_every: int = 10  # the CV report costs 5 fits; it informs the dashboard, not the search
+    use_scan: bool = True
+    _features: dict[tuple[Any, ...], FeatureBuilder] = field(default_factory=dict)
     _proxies: dict[str, LayerProxy] = field(default_factory=dict)
+    _priors: dict[str, tuple[XGBPredictor | None, dict[str, Any]]] = field(default_factory=dict)
 
     def features(self, spec: StudySpec, bench: Workbench) -> FeatureBuilder:
-        if spec.model_id not in self._features:
+        """The feature builder for the study's model, with its sensitivity scan when one was stored."""
+        key = (spec.model_id, spec.budget, tuple(spec.operators), spec.sensitivity_tokens, spec.dataset)
+        if key not in self._features:
             session = bench.session(spec.model_id)
-            self._proxies[spec.model_id] = LayerProxy(session)
-            self._features[spec.model_id] = FeatureBuilder(session.layers, self._proxies[spec.model_id])
-        return self._features[spec.model_id]
+            if spec.model_id not in self._proxies:
+                self._proxies[spec.model_id] = LayerProxy(session)
+            scan = (cached_scan(session, spec.budget, spec.operators, tokens=spec.sensitivity_tokens,
+                                dataset=spec.dataset) if self.use_scan else None)
+            self._features[key] = FeatureBuilder(session.layers, self._proxies[spec.model_id], block_damage=scan)
+        return self._features[key]
 
     def training_set(
         self, study: optuna.Study, spec: StudySpec, bench: Workbench
@@ -63,15 +81,49 @@ class Guide:
         y = np.array([target(float(t.value)) for t in trials])  # type: ignore[arg-type]
         return X, y, trials
 
+    def prior(
+        self, study: optuna.Study, spec: StudySpec, bench: Workbench
+    ) -> tuple[XGBPredictor | None, dict[str, Any]]:
+        """A predictor fitted on earlier comparable studies (once per study and process), and what it used."""
+        if not spec.warm_start:
+            return None, {}
+        if study.study_name not in self._priors:
+            names, trials = [], []
+            storage = study._storage
+            for other in storage.get_all_studies():
+                theirs = other.user_attrs.get(SPEC_ATTR) or {}
+                if other.study_name == study.study_name or any(
+                    theirs.get(key) != getattr(spec, key) for key in COMPARABLE
+                ):
+                    continue
+                done = [
+                    t
+                    for t in storage.get_all_trials(other._study_id, deepcopy=False, states=(TrialState.COMPLETE,))
+                    if "config" in t.user_attrs and t.value is not None
+                ]
+                if done:
+                    names.append(other.study_name)
+                    trials += done
+            model = None
+            if len(trials) >= MIN_PRIOR_PAIRS:
+                X = self.features(spec, bench).matrix([config_from_dict(t.user_attrs["config"]).layers for t in trials])
+                y = np.array([target(float(t.value)) for t in trials])  # type: ignore[arg-type]
+                model = XGBPredictor(seed=spec.seed).fit(X, y)
+            info = {"studies": names, "pairs": len(trials), "used": model is not None}
+            self._priors[study.study_name] = (model, info)
+        return self._priors[study.study_name]
+
     def __call__(self, study: optuna.Study, spec: StudySpec, bench: Workbench, now: Counts) -> int:
         """One screening round; returns how many candidates it enqueued (0: let the sampler propose)."""
         open_slots = spec.n_trials - (now.finished + now.running + now.waiting)
         X, y, trials = self.training_set(study, spec, bench)
-        if len(trials) < min(self.n_init, max(4, spec.n_trials // 8)) or open_slots <= 0:
+        prior, warm = self.prior(study, spec, bench)
+        n_init = WARM_INIT if prior is not None else min(self.n_init, max(4, spec.n_trials // 8))
+        if len(trials) < n_init or open_slots <= 0:
             return 0
         space = bench.space(spec)
         rng = np.random.default_rng(spec.seed * 7919 + len(trials))
-        model = XGBPredictor(seed=spec.seed).fit(X, y)
+        model = XGBPredictor(seed=spec.seed, prior=prior).fit(X, y)
         candidates = self.candidates(space, trials, rng)
         configs = [space.allocation(params) for params in candidates]
         layer_sets: list[dict[str, LayerConfig]] = [a.layer_configs(space.layers, space.quant) for a in configs]
@@ -87,7 +139,7 @@ class Guide:
                     "predicted_std": float(std[index]),
                 },
             )
-        self.record(study, X, y, trials, n_scored=len(candidates), n_enqueued=len(picks))
+        self.record(study, X, y, trials, n_scored=len(candidates), n_enqueued=len(picks), prior=prior, warm=warm)
         return len(picks)
 
     def candidates(
@@ -121,11 +173,15 @@ class Guide:
         *,
         n_scored: int,
         n_enqueued: int,
+        prior: XGBPredictor | None = None,
+        warm: dict[str, Any] | None = None,
     ) -> None:
         previous = study.user_attrs.get(PREDICTOR_ATTR, {})
         report: dict[str, Any] = dict(previous)
+        if warm:
+            report["warm_start"] = warm
         if len(trials) - int(previous.get("cv_at", -999)) >= self.cv_every:
-            quality = cross_validated_quality(X, y, lambda: XGBPredictor(seed=0), folds=5)
+            quality = cross_validated_quality(X, y, lambda: XGBPredictor(seed=0, prior=prior), folds=5)
             report |= {
                 "spearman": quality["spearman"],
                 "mae": quality["mae"],

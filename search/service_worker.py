@@ -3,6 +3,10 @@
 Queued studies are claimed atomically (one worker sets each up: baselines, seed trials); running
 studies are joined by any worker with time to spare. The worker that sees a study's last trial
 finish re-measures on holdout, stores the summary and the winning config, and completes it.
+
+Nothing is lost to a worker that dies: the setup is held under a lease the worker renews (another
+worker takes over a lease that ran out and sets the study up again, idempotently), trials under
+heartbeats (``search.liveness``). A database outage makes the worker back off and carry on.
 """
 
 from __future__ import annotations
@@ -14,27 +18,35 @@ import logging
 import threading
 from typing import Any
 
+import optuna
+
 from search.context import Workbench
 from search.guided import make_guide
+from search.liveness import Reaper, grace_period_s
+from search.measure_trial import worker_id
 from search.setup import finalize, seed_study, summarize
 from search.spec import StudySpec
-from search.study import best_trial, counts, create_study, load_study
+from search.study import best_trial, counts, create_study, is_set_up, load_study
 from search.worker import work_on_study
 from slimscout.errors import SlimscoutError
 from slimscout.settings import get_settings
 from storage import (
     add_artifact,
     claim_queued_study,
+    end_setup_lease,
     get_engine,
     get_study,
     init_db,
     list_studies,
+    renew_setup_lease,
     session_scope,
     set_status,
+    take_over_setup,
     update_summary,
 )
 from storage.crud import IllegalTransitionError
 from storage.models import Study, StudyStatus
+from storage.retry import Backoff, describe, retry_db
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +63,46 @@ def spec_of(row: Study) -> StudySpec:
         dataset=row.dataset,
         split=row.split,
         seed=row.seed,
+        warm_start=row.warm_start,
     )
+
+
+class SetupLease:
+    """Renews this worker's setup lease on a study every heartbeat interval while the block runs.
+
+    The lease is ended (set to NULL) only when the block succeeds; after an error it runs out, and
+    a worker (maybe this one) sets the study up again.
+    """
+
+    def __init__(self, worker: ServiceWorker, study_id: str) -> None:
+        self.worker = worker
+        self.study_id = study_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{study_id}", daemon=True)
+
+    def __enter__(self) -> SetupLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is None:
+            with session_scope(self.worker.engine) as session:
+                end_setup_lease(session, study_id=self.study_id, owner=self.worker.owner)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.worker.interval_s):
+            try:
+                with session_scope(self.worker.engine) as session:
+                    mine = renew_setup_lease(session, study_id=self.study_id, owner=self.worker.owner,
+                                             lease_s=self.worker.lease_s)
+            except Exception as exc:
+                log.warning("setup lease of study %s not renewed (%s); retrying", self.study_id, describe(exc))
+                continue
+            if not mine:
+                log.warning("study %s: the setup lease went to another worker (or the study ended)", self.study_id)
+                return
 
 
 class ServiceWorker:
@@ -59,8 +110,12 @@ class ServiceWorker:
         self.url = url
         self.bench = bench
         self.stop = stop
-        init_db(url)
+        retry_db(lambda: init_db(url), what="migrating the database")
         self.engine = get_engine(url)
+        self.owner = worker_id()
+        self.interval_s = float(get_settings().heartbeat_interval_s)
+        self.lease_s = float(grace_period_s(get_settings().heartbeat_interval_s))
+        self._reapers: dict[str, Reaper] = {}
 
     def status(self, study_id: str) -> StudyStatus | None:
         with session_scope(self.engine) as session:
@@ -127,22 +182,43 @@ class ServiceWorker:
             with contextlib.suppress(IllegalTransitionError):  # completed elsewhere, or cancelled, meanwhile
                 set_status(session, study_id=row.id, status=StudyStatus.COMPLETED)
 
+    def reap(self, study: optuna.Study) -> None:
+        """Fail and re-queue the study's trials whose workers died (a study no worker is in gets no reaper)."""
+        reaper = self._reapers.get(study.study_name)
+        if reaper is None:
+            reaper = self._reapers[study.study_name] = Reaper(study)
+        reaper.reap()
+
+    def claim(self) -> Study | None:
+        """A queued study, or a running one whose setup lost its worker; now ours to set up."""
+        with session_scope(self.engine) as session:
+            claimed = claim_queued_study(session, owner=self.owner, lease_s=self.lease_s)
+            if claimed is None:
+                claimed = take_over_setup(session, owner=self.owner, lease_s=self.lease_s)
+                if claimed is not None:
+                    log.warning("study %s: its setup lost its worker; setting it up again", claimed.id)
+            return claimed
+
     def step(self) -> bool:
         """Do one unit of work; False when there was nothing to do."""
-        with session_scope(self.engine) as session:
-            claimed = claim_queued_study(session)
+        claimed = self.claim()
         if claimed is not None:
             try:
-                self.setup(claimed)
+                with SetupLease(self, claimed.id):
+                    self.setup(claimed)
             except (SlimscoutError, ValueError, OSError) as exc:
                 self.fail(claimed.id, f"{type(exc).__name__}: {exc}")
             return True
         with session_scope(self.engine) as session:
             running = list_studies(session, status=StudyStatus.RUNNING, limit=100)
         for row in sorted(running, key=lambda r: r.created_at):
-            study, spec = load_study(self.url, row.optuna_study_name)
-            if not study.user_attrs.get("setup_done"):
-                continue  # its claimer is still building the baselines
+            try:
+                study, spec = load_study(self.url, row.optuna_study_name)
+            except KeyError:
+                continue  # no Optuna study yet: its setup creates it (or, if that worker died, the next one)
+            if not is_set_up(study):
+                continue  # its claimer is still building the baselines (or its lease runs out: see claim)
+            self.reap(study)
             now = counts(study)
             if now.finished >= spec.n_trials and now.running == 0:
                 self.complete(row, study, spec)
@@ -160,8 +236,15 @@ def serve_studies(
     url: str, bench: Workbench, *, stop: threading.Event, once: bool = False, poll_s: float = 2.0
 ) -> None:
     worker = ServiceWorker(url, bench, stop)
+    backoff = Backoff()
     while not stop.is_set():
-        if not worker.step():
+        try:
+            busy = worker.step()
+        except Exception as exc:
+            backoff.wait_out(exc, stop)
+            continue
+        backoff.reset()
+        if not busy:
             if once:
                 return
             stop.wait(poll_s)

@@ -30,12 +30,17 @@ def applicable_baselines(spec: StudySpec) -> list[str]:
 def seed_study(
     study: optuna.Study, spec: StudySpec, bench: Workbench, on_step: Callable[[str], None] | None = None
 ) -> dict[str, BaselineResult]:
-    """Build the baselines and enqueue them first, so the search starts from them. Idempotent."""
+    """Build the baselines and enqueue them first, so the search starts from them. Idempotent.
+
+    A setup cut short (its worker died, or lost the database) is run again by another worker: the
+    baselines already enqueued then are not enqueued twice.
+    """
     if study.user_attrs.get(SETUP_ATTR):
         return {}
     session = bench.session(spec.model_id)
     space = bench.space(spec)
     results: dict[str, BaselineResult] = {}
+    enqueued = {t.user_attrs.get("source") for t in study.get_trials(deepcopy=False)}
     for method in applicable_baselines(spec):
         if on_step:
             on_step(f"baseline {method}")
@@ -44,6 +49,8 @@ def seed_study(
         )
         result = build_baseline(method, session, spec.budget, spec.operators, **kwargs)
         results[method] = result
+        if f"baseline:{method}" in enqueued:
+            continue
         params = space.fit_params(result.allocation.keep, result.allocation.operators)
         study.enqueue_trial(params, user_attrs={"source": f"baseline:{method}", "seed_config": result.config.to_dict()})
     scan = results.get("sensitivity")
@@ -114,13 +121,14 @@ def holdout_check(study: optuna.Study, spec: StudySpec, bench: Workbench) -> dic
         start = time.perf_counter()
         with session.applied(config):
             metrics = evaluator.evaluate()
-        out[name] = {"ppl": metrics.ppl, "kl": metrics.kl, "seconds": time.perf_counter() - start}
+        out[name] = {"ppl": metrics.ppl, "kl": metrics.kl, "cosine": metrics.cosine,
+                     "seconds": time.perf_counter() - start}
     return out
 
 
 def _dense(evaluator: Any) -> dict[str, Any]:
     metrics = evaluator.dense_metrics()
-    return {"ppl": metrics.ppl, "kl": 0.0}
+    return {"ppl": metrics.ppl, "kl": metrics.kl, "cosine": metrics.cosine}
 
 
 def finalize(study: optuna.Study, spec: StudySpec, bench: Workbench) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from compress.budget import check_operators
 from search.space import DEFAULT_GRANULARITY, GRANULARITIES
 from slimscout.errors import BudgetError, ConfigError
 
-OBJECTIVES = ("ppl", "kl")
+OBJECTIVES = ("ppl", "kl", "cosine")  # cosine: 1 - cosine to the dense embeddings (encoders)
 STRATEGIES = ("guided", "tpe", "random")
 
 
@@ -30,6 +30,7 @@ class StudySpec:
     sensitivity_tokens: int = 512
     holdout_tokens: int = 4096
     prune: bool = True
+    warm_start: bool = False  # guided only: learn from earlier comparable studies in the same storage
 
     def __post_init__(self) -> None:
         if not 0.0 < self.budget <= 1.0:

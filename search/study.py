@@ -2,24 +2,31 @@
 
 Optuna's RDB storage is the work queue: enqueued WAITING trials are claimed atomically by
 ``study.ask()`` (a compare-and-set on the trial state), a heartbeat marks the trials that live
-workers hold, and a stale trial (its worker died) is failed and re-enqueued once more.
+workers hold, and a stale trial (its worker died) is failed and re-enqueued (``search.liveness``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models as rdb_models
 from optuna.trial import FrozenTrial, TrialState
 
+from search.liveness import grace_period_s
 from search.spec import StudySpec
 from slimscout.settings import get_settings
 from storage.db import normalize_url as storage_url
+from storage.db import session_scope
+from storage.retry import retry_db
 
 log = logging.getLogger(__name__)
 SPEC_ATTR = "slimscout"
@@ -39,8 +46,19 @@ def normalize_url(url: str) -> str:
 _STORAGES: dict[str, RDBStorage] = {}
 
 
+def _forget_storages_after_fork() -> None:
+    # A forked worker must not use (or close) the parent's pooled connections.
+    for storage in _STORAGES.values():
+        storage.engine.dispose(close=False)
+    _STORAGES.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_storages_after_fork)
+
+
 def optuna_storage(url: str) -> RDBStorage:
-    """One RDBStorage per URL and process, with heartbeats and a retry of trials whose worker died."""
+    """One RDBStorage per URL and process, with heartbeats (``search.liveness`` re-queues dead workers' trials)."""
     url = normalize_url(url)
     if url not in _STORAGES:
         interval = get_settings().heartbeat_interval_s
@@ -53,8 +71,7 @@ def optuna_storage(url: str) -> RDBStorage:
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=interval,
-                    grace_period=2 * interval,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    grace_period=grace_period_s(interval),
                 )
                 break
             except Exception:
@@ -118,15 +135,41 @@ def is_surplus(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get("surplus"))
 
 
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    state: TrialState
+    surplus: bool
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    """Every trial's number, state and surplus mark, in one light query.
+
+    Workers count before every claim; reading whole trials through Optuna's cache (params, every
+    attribute, the config documents of all unfinished trials) cost 30 ms a time with 8 workers.
+    """
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, RDBStorage):
+        return [TrialRow(t.number, t.state, is_surplus(t)) for t in study.get_trials(deepcopy=False)]
+    trials, attrs = rdb_models.TrialModel, rdb_models.TrialUserAttributeModel
+    query = (
+        sqlalchemy.select(trials.number, trials.state, attrs.value_json)
+        .outerjoin(attrs, sqlalchemy.and_(attrs.trial_id == trials.trial_id, attrs.key == "surplus"))
+        .where(trials.study_id == study._study_id)
+    )
+    with session_scope(storage.engine) as session:
+        return [TrialRow(number, state, bool(surplus and json.loads(surplus)))
+                for number, state, surplus in session.execute(query)]
+
+
 def counts(study: optuna.Study) -> Counts:
-    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
-    by_state = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
+    live = [row.state for row in trial_rows(study) if not row.surplus]
     return Counts(
-        by_state[TrialState.COMPLETE],
-        by_state[TrialState.PRUNED],
-        by_state[TrialState.RUNNING],
-        by_state[TrialState.WAITING],
-        by_state[TrialState.FAIL],
+        live.count(TrialState.COMPLETE),
+        live.count(TrialState.PRUNED),
+        live.count(TrialState.RUNNING),
+        live.count(TrialState.WAITING),
+        live.count(TrialState.FAIL),
     )
 
 
@@ -134,8 +177,8 @@ def slot_of(study: optuna.Study, trial_number: int) -> int:
     """How many live (not failed, not surplus) trials were created before this one."""
     return sum(
         1
-        for t in study.get_trials(deepcopy=False)
-        if t.number < trial_number and t.state != TrialState.FAIL and not is_surplus(t)
+        for row in trial_rows(study)
+        if row.number < trial_number and row.state != TrialState.FAIL and not row.surplus
     )
 
 
@@ -148,9 +191,14 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return min(done, key=lambda t: float(t.value)) if done else None  # type: ignore[arg-type]
 
 
+def is_set_up(study: optuna.Study) -> bool:
+    """Whether the study's baselines are enqueued (``user_attrs`` reads the storage each time)."""
+    return bool(study.user_attrs.get(SETUP_ATTR))
+
+
 def wait_for_setup(study: optuna.Study, timeout_s: float = 3600.0) -> None:
     start = time.monotonic()
-    while not optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get(SETUP_ATTR):
+    while not retry_db(lambda: is_set_up(study), what="reading the study's setup"):
         if time.monotonic() - start > timeout_s:
             raise TimeoutError(f"study {study.study_name} was never set up")
         time.sleep(1.0)

@@ -12,12 +12,15 @@ from storage.crud import (
     claim_queued_study,
     count_studies,
     create_study,
+    end_setup_lease,
     get_artifact,
     get_study,
     hash_token,
     list_artifacts,
     list_studies,
+    renew_setup_lease,
     set_status,
+    take_over_setup,
     update_summary,
 )
 from storage.db import (
@@ -44,6 +47,7 @@ __all__ = [
     "count_studies",
     "create_study",
     "dispose_engines",
+    "end_setup_lease",
     "get_artifact",
     "get_engine",
     "get_study",
@@ -53,7 +57,9 @@ __all__ = [
     "list_studies",
     "make_engine",
     "normalize_url",
+    "renew_setup_lease",
     "session_scope",
     "set_status",
+    "take_over_setup",
     "update_summary",
 ]

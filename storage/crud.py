@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Select, func, select, update
@@ -29,14 +30,20 @@ __all__ = [
     "claim_queued_study",
     "count_studies",
     "create_study",
+    "end_setup_lease",
     "get_artifact",
     "get_study",
     "hash_token",
     "list_artifacts",
     "list_studies",
+    "renew_setup_lease",
     "set_status",
+    "take_over_setup",
     "update_summary",
 ]
+
+#: How long a claim's setup lease lasts unless renewed (workers pass their own, from the heartbeat interval).
+SETUP_LEASE_S = 60.0
 
 #: Which status may follow which. Finished statuses are final; RUNNING -> QUEUED hands a study
 #: back to the queue (a worker shutting down gracefully, or a reaper recovering a dead worker).
@@ -83,6 +90,7 @@ def create_study(
     objective: str,
     seed: int,
     split: str = "search",
+    warm_start: bool = False,
     owner_token_hash: str | None = None,
 ) -> Study:
     """Queue a new study; its Optuna study is named ``slimscout-<id>``."""
@@ -101,6 +109,7 @@ def create_study(
         eval_tokens=eval_tokens,
         objective=objective,
         seed=seed,
+        warm_start=warm_start,
         status=StudyStatus.QUEUED,
         owner_token_hash=owner_token_hash,
         created_at=now,
@@ -206,13 +215,14 @@ def set_status(
         # Someone changed the status between our read and our write: re-read and re-check.
 
 
-def claim_queued_study(session: Session) -> Study | None:
+def claim_queued_study(session: Session, *, owner: str = "", lease_s: float = SETUP_LEASE_S) -> Study | None:
     """Atomically move the oldest queued study to running and return it; None if none is queued.
 
     Two sessions never claim the same study. PostgreSQL locks the candidate row with
     ``FOR UPDATE SKIP LOCKED`` (concurrent claimers take the next one instead of waiting);
     other backends (SQLite) use a conditional UPDATE and try the next candidate if they lost.
-    The claim is final once the caller's session commits.
+    The claim is final once the caller's session commits. The claimer (``owner``) holds the setup
+    lease for ``lease_s`` seconds: it renews it while it builds the baselines and ends it when done.
     """
     oldest_queued = (
         select(Study.id)
@@ -221,7 +231,8 @@ def claim_queued_study(session: Session) -> Study | None:
         .limit(1)
     )
     now = utcnow()
-    claim = {"status": StudyStatus.RUNNING, "started_at": now, "finished_at": None}
+    claim = {"status": StudyStatus.RUNNING, "started_at": now, "finished_at": None, "setup_owner": owner,
+             "setup_lease_until": now + timedelta(seconds=lease_s)}
     if session.get_bind().dialect.name == "postgresql":
         study_id = session.scalar(oldest_queued.with_for_update(skip_locked=True))
         if study_id is None:
@@ -237,6 +248,55 @@ def claim_queued_study(session: Session) -> Study | None:
         if _compare_and_set(session, study_id, StudyStatus.QUEUED, claim):
             return _reload(session, study_id)
         # Another process claimed (or cancelled) it first; try the next oldest.
+
+
+def take_over_setup(session: Session, *, owner: str, lease_s: float = SETUP_LEASE_S) -> Study | None:
+    """Take the setup lease of the oldest running study whose lease ran out; the study, or None.
+
+    A lease runs out when the worker setting the study up died (or lost the database) before it
+    finished. Like a claim, a compare-and-set: of several workers, one takes it over.
+    """
+    now = utcnow()
+    expired = (Study.status == StudyStatus.RUNNING, Study.setup_lease_until < now)
+    oldest = select(Study.id).where(*expired).order_by(Study.created_at, Study.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        oldest = oldest.with_for_update(skip_locked=True)
+    while True:
+        study_id = session.scalar(oldest)
+        if study_id is None:
+            return None
+        statement = (
+            update(Study)
+            .where(Study.id == study_id, *expired)
+            .values(setup_owner=owner, setup_lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult[Any], session.execute(statement)).rowcount == 1:
+            return _reload(session, study_id)
+        # Another worker took it over first; look again.
+
+
+def renew_setup_lease(session: Session, *, study_id: str, owner: str, lease_s: float = SETUP_LEASE_S) -> bool:
+    """Extend ``owner``'s setup lease on a running study by ``lease_s`` from now; False if it is not theirs."""
+    statement = (
+        update(Study)
+        .where(Study.id == study_id, Study.status == StudyStatus.RUNNING, Study.setup_owner == owner,
+               Study.setup_lease_until.is_not(None))
+        .values(setup_lease_until=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1
+
+
+def end_setup_lease(session: Session, *, study_id: str, owner: str) -> bool:
+    """``owner`` finished the study's setup: no lease to watch any more. False if it was not theirs."""
+    statement = (
+        update(Study)
+        .where(Study.id == study_id, Study.setup_owner == owner)
+        .values(setup_lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1
 
 
 def update_summary(session: Session, *, study_id: str, summary: dict[str, Any]) -> Study | None:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Enum,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -114,6 +116,7 @@ class Study(Base):
     eval_tokens: Mapped[int] = mapped_column(Integer)
     objective: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
+    warm_start: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     status: Mapped[StudyStatus] = mapped_column(
         Enum(
             StudyStatus,
@@ -134,6 +137,11 @@ class Study(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The setup lease: the worker that claimed the study builds its baselines, renewing the lease as
+    # it goes; a running study whose lease ran out lost its worker mid-setup, and another takes over.
+    # NULL once the setup is done.
+    setup_owner: Mapped[str | None] = mapped_column(String(128))
+    setup_lease_until: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"Study(id={self.id!r}, model_id={self.model_id!r}, status={self.status.value!r})"

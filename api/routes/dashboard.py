@@ -1,6 +1,7 @@
 """The dashboard: two HTML pages that poll the JSON API, plotly.js served from the plotly package.
 
-The pages hold no data, so they need no token; the API calls they make do.
+The pages hold no data, so they need no token; the API calls they make do. Each page is its
+``<main>`` fragment in ``templates/`` put into the shared ``layout.html`` (head, header, scripts).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from functools import cache
 from pathlib import Path
+from string import Template
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse, HTMLResponse
@@ -16,12 +18,21 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATIC = Path(__file__).resolve().parent.parent / "static"
 PLOTLY_PATH = "/static/vendor/plotly.min.js"
 
+#: Page fragment → (title, its scripts in load order).
+PAGES = {
+    "index.html": ("slimscout", ["/static/common.js", "/static/index.js"]),
+    "study.html": ("slimscout study", [PLOTLY_PATH, "/static/common.js", "/static/study.js"]),
+}
+
 router = APIRouter(include_in_schema=False)
 
 
 @cache
 def _page(name: str) -> str:
-    return (TEMPLATES / name).read_text(encoding="utf-8")
+    title, scripts = PAGES[name]
+    layout = Template((TEMPLATES / "layout.html").read_text(encoding="utf-8"))
+    return layout.substitute(title=title, main=(TEMPLATES / name).read_text(encoding="utf-8"),
+                             scripts="\n".join(f'<script src="{src}"></script>' for src in scripts))
 
 
 @cache

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import OwnerDep, SettingsDep
+from api.deps import AUTH_RESPONSES, OwnerDep, SettingsDep
 from api.schemas import GRANULARITIES, OPERATORS, CatalogModel, LocalModel, ModelsPublic
 from compress.catalog_entries import CATALOG
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=AUTH_RESPONSES)
 
 MAX_LOCAL = 200
 

@@ -13,9 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from api import study_view
-from api.deps import OptunaDep, OwnerDep, SessionDep, SettingsDep
+from api.deps import AUTH_RESPONSES, OptunaDep, OwnerDep, SessionDep, SettingsDep
+from api.jsonbody import StrictJSONRoute
 from api.schemas import (
     LayerProfile,
+    Message,
     StudyCreate,
     StudyDetail,
     StudyList,
@@ -36,10 +38,15 @@ from storage import (
     list_studies,
     set_status,
 )
+from storage.retry import describe, is_transient
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/studies", tags=["studies"])
+router = APIRouter(prefix="/v1/studies", tags=["studies"], route_class=StrictJSONRoute, responses=AUTH_RESPONSES)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Message, "description": "no such study (another token's studies do not exist for this one)"}}
 
+# Databases take 64-bit offsets at most (SQLite raises OverflowError beyond); no page lies further than this.
+MAX_OFFSET = 2**31 - 1
 TRIAL_STATES = ("complete", "running", "waiting", "fail", "pruned")
 TRIAL_STATE_PATTERN = "^(" + "|".join(TRIAL_STATES) + ")$"
 
@@ -49,7 +56,7 @@ def study_spec(study: Study) -> dict[str, Any]:
     return {"model_id": study.model_id, "dataset": study.dataset, "split": study.split,
             "budget": study.budget, "operators": list(study.operators), "granularity": study.granularity,
             "n_trials": study.n_trials, "eval_tokens": study.eval_tokens, "objective": study.objective,
-            "seed": study.seed}
+            "seed": study.seed, "warm_start": study.warm_start}
 
 
 def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
@@ -60,7 +67,10 @@ def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
     return study
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic,
+             responses={413: {"model": Message, "description": "the body exceeds SLIMSCOUT_MAX_REQUEST_BYTES"},
+                        415: {"model": Message, "description": "the body is not declared application/json"},
+                        503: {"model": Message, "description": "the Optuna study could not be created"}})
 def create(body: StudyCreate, response: Response, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
            optuna: OptunaDep) -> Study:
     """Queue a study; workers pick it up from the database."""
@@ -70,13 +80,18 @@ def create(body: StudyCreate, response: Response, settings: SettingsDep, session
     study = create_study(session, model_id=body.model_id, dataset=body.dataset, budget=body.budget,
                          operators=body.operators, granularity=body.granularity, n_trials=body.n_trials,
                          eval_tokens=body.eval_tokens, objective=body.objective, seed=body.seed,
-                         owner_token_hash=owner)
+                         warm_start=body.warm_start, owner_token_hash=owner)
     # Commit before touching Optuna's tables: on SQLite our open write would block Optuna's.
     # A worker that claims the row first creates the Optuna study itself (load_if_exists on both sides).
     session.commit()
     try:
         optuna.create_study(study.optuna_study_name, study_spec(study))
     except Exception as exc:
+        if is_transient(exc):  # the row is queued; the worker that claims it creates the Optuna study
+            log.warning("Optuna study %s not created now (%s); its worker will", study.optuna_study_name,
+                        describe(exc))
+            response.headers["Location"] = f"/v1/studies/{study.id}"
+            return study
         log.exception("could not create Optuna study %s", study.optuna_study_name)
         with suppress(IllegalTransitionError):  # cancelled meanwhile: leave it so
             set_status(session, study_id=study.id, status=StudyStatus.FAILED,
@@ -89,7 +104,7 @@ def create(body: StudyCreate, response: Response, settings: SettingsDep, session
 
 
 @router.get("", response_model=StudyList)
-def list_(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0)] = 0,
+def list_(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
           limit: Annotated[int, Query(ge=1, le=500)] = 100,
           status_: Annotated[StudyStatus | None, Query(alias="status")] = None) -> StudyList:
     """The caller's studies, newest first."""
@@ -101,7 +116,7 @@ def list_(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=
     return StudyList(total=total, offset=offset, limit=limit, studies=items)
 
 
-@router.get("/{study_id}", response_model=StudyDetail)
+@router.get("/{study_id}", response_model=StudyDetail, responses=NOT_FOUND)
 def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> StudyDetail:
     """Status, trial counts, progress and ETA, best so far, baselines, predictor and holdout numbers."""
     study = _owned(session, study_id, owner)
@@ -121,9 +136,9 @@ def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDe
     )
 
 
-@router.get("/{study_id}/trials", response_model=TrialPage)
+@router.get("/{study_id}/trials", response_model=TrialPage, responses=NOT_FOUND)
 def trials(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep,
-           offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+           offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
            state: Annotated[str | None, Query(pattern=TRIAL_STATE_PATTERN)] = None) -> TrialPage:
     """Trials by number, a page at a time (the config documents stay out; see best-config)."""
     study = _owned(session, study_id, owner)
@@ -156,7 +171,7 @@ def _best_config(study: Study, session: SessionDep,
 
 @router.get("/{study_id}/best-config", response_class=JSONResponse,
             responses={200: {"description": "the config document (slimscout.config/v1)"},
-                       404: {"description": "no measured trial yet"}})
+                       404: {"model": Message, "description": "no such study, or no measured trial yet"}})
 def best_config(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> JSONResponse:
     """The best trial's config document, as a file download."""
     study = _owned(session, study_id, owner)
@@ -167,7 +182,7 @@ def best_config(study_id: str, session: SessionDep, owner: OwnerDep, optuna: Opt
     return JSONResponse(config, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@router.get("/{study_id}/layer-profile", response_model=LayerProfile)
+@router.get("/{study_id}/layer-profile", response_model=LayerProfile, responses=NOT_FOUND)
 def layer_profile(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> LayerProfile:
     """Per-layer kept fraction of the best config, by block, one trace per projection type."""
     study = _owned(session, study_id, owner)
@@ -176,7 +191,8 @@ def layer_profile(study_id: str, session: SessionDep, owner: OwnerDep, optuna: O
 
 
 @router.get("/{study_id}/checkpoint", response_model=None,
-            responses={200: {"content": {"application/x-tar": {}}}, 404: {"description": "no checkpoint"}})
+            responses={200: {"content": {"application/x-tar": {}}},
+                       404: {"model": Message, "description": "no such study, or no checkpoint"}})
 def checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
     """The exported checkpoint as a tar archive, streamed."""
     study = _owned(session, study_id, owner)
@@ -192,7 +208,7 @@ def checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
 
 
 @router.post("/{study_id}/cancel", response_model=StudyPublic,
-             responses={409: {"description": "the study already finished"}})
+             responses={**NOT_FOUND, 409: {"model": Message, "description": "the study already finished"}})
 def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> Study:
     """Cancel a queued or running study; workers stop picking it up."""
     study = _owned(session, study_id, owner)
@@ -204,4 +220,7 @@ def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> Study:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     if cancelled is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} not found")
+    # Commit before answering: the session's own commit runs after the response is sent, too late to
+    # tell the client that the database went away (a 503 then, not a 200 for a cancel that never was).
+    session.commit()
     return cancelled

@@ -28,6 +28,7 @@ def fake_quant(weight: Tensor, bits: int, group_size: int) -> Tensor:
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     rows, cols = weight.shape
+    group_size = min(group_size, cols)  # a group longer than the row is the row (and must not pad to its size)
     qmax = 2 ** (bits - 1) - 1
     w = weight.detach().float()
     pad = -cols % group_size

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--trials", type=positive_int, default=100, help="real evaluations (baselines included)")
     parser.add_argument("--tokens", type=positive_int, default=2048, help="tokens per evaluation")
     parser.add_argument("--holdout-tokens", type=positive_int, default=4096)
-    parser.add_argument("--objective", default="kl", choices=["kl", "ppl"])
+    parser.add_argument("--objective", default="kl", choices=["kl", "ppl", "cosine"],
+                        help="kl or ppl for causal LMs; cosine (1 - cosine to dense embeddings) for encoders")
     parser.add_argument(
         "--strategy",
         default="guided",
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--baselines", default="uniform,owl,sensitivity")
     parser.add_argument("--no-prune", action="store_true", help="measure every candidate on all tokens")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="guided: start from a predictor trained on earlier studies of this model in the storage")
     parser.add_argument("--dataset", default="lee-news")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", help="database URL (default: settings.storage_url)")
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=[b for b in args.baselines.split(",") if b],
         holdout_tokens=args.holdout_tokens,
         prune=not args.no_prune,
+        warm_start=args.warm_start,
     )
     url = args.storage or get_settings().storage_url
     name = args.study or f"search-{args.model.replace('/', '_')}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"

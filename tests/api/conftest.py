@@ -7,7 +7,6 @@ own API, so the API reads exactly what real workers leave in the database.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from api.main import create_app
 from api.optuna_store import optuna_url
 from slimscout.settings import get_settings
 from storage import dispose_engines
+from tests._service import free_port
 
 MakeClient = Callable[..., TestClient]
 REPO = Path(__file__).resolve().parents[2]
@@ -149,12 +149,6 @@ def make_client(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[M
 @pytest.fixture
 def client(make_client: MakeClient) -> TestClient:
     return make_client()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

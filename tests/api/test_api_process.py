@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests._service import children as children_of
+from tests._service import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,18 +52,12 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_api_never_imports_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", EXERCISE_EVERY_ROUTE], cwd=REPO, env=env_for(tmp_path),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     heavy = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [m for m in heavy if not m.startswith(("compress.catalog_entries", "compress.config"))
+    assert [m for m in heavy if not m.startswith(("compress.catalog_entries", "compress.config", "compress.model_dir"))
             and m != "compress"] == []
 
 
@@ -82,34 +77,6 @@ def test_the_app_starts_well_under_two_seconds(tmp_path: Path) -> None:
     assert best["cpu_s"] < 2.0, runs
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            found.append((int(entry.name), cmdline))
-    return found
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the server did not become healthy")
-
-
 @pytest.mark.parametrize(("workers", "stop_with"), [(0, signal.SIGTERM), (1, signal.SIGINT)])
 def test_serve_starts_workers_and_stops_them(tmp_path: Path, workers: int, stop_with: signal.Signals) -> None:
     port = free_port()
@@ -120,13 +87,13 @@ def test_serve_starts_workers_and_stops_them(tmp_path: Path, workers: int, stop_
                                     "--storage", url, "--workers", str(workers)],
                                    cwd=REPO, env=env_for(tmp_path), stdout=output, stderr=subprocess.STDOUT)
     try:
-        ready_s = _wait_healthy(port, process, log)
+        ready_s = wait_healthy(port, process, log)
         print(f"serve --workers {workers}: healthy after {ready_s:.2f} s")
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
         created = httpx.post(f"http://127.0.0.1:{port}/v1/studies",
                              json={"model_id": "tiny-llama", "budget": 0.5})
         assert created.status_code == 201
-        children = [pid for pid, cmd in _children(process.pid) if "slimscout.cli worker --storage" in cmd]
+        children = [pid for pid, cmd in children_of(process.pid) if "slimscout.cli worker --storage" in cmd]
         assert len(children) == workers
         process.send_signal(stop_with)
         assert process.wait(timeout=60) == 0, log.read_text()

@@ -46,7 +46,20 @@ def test_create_queues_a_study_and_its_optuna_study(client: TestClient, storage_
     assert study.user_attrs["slimscout"] == {
         "model_id": "tiny-llama", "dataset": "lee-news", "split": "search", "budget": 0.5,
         "operators": ["wanda"], "granularity": "type-block", "n_trials": 100, "eval_tokens": 2048,
-        "objective": "kl", "seed": 0}
+        "objective": "kl", "seed": 0, "warm_start": True}
+
+
+def test_warm_start_can_be_turned_off_and_reaches_the_workers_spec(client: TestClient, storage_url: str) -> None:
+    from search.service_worker import spec_of
+    from storage import get_engine, get_study, session_scope
+
+    body = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget": 0.5, "warm_start": False}).json()
+    assert body["warm_start"] is False
+    study = optuna.load_study(study_name=body["optuna_study_name"], storage=storage_url)
+    assert study.user_attrs["slimscout"]["warm_start"] is False
+    with session_scope(get_engine(storage_url)) as session:
+        row = get_study(session, study_id=body["id"])
+        assert row is not None and spec_of(row).warm_start is False
 
 
 def test_create_with_every_field(client: TestClient) -> None:

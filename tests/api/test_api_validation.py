@@ -75,10 +75,12 @@ def model_root(tmp_path: Path) -> Path:
     for name in ("good", "nested/deeper"):
         (root / name).mkdir(parents=True)
         (root / name / "config.json").write_text("{}")
+        (root / name / "model.safetensors").write_bytes(b"")  # only its presence is checked here
     (root / "no-config").mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "config.json").write_text("{}")
+    (outside / "model.safetensors").write_bytes(b"")
     os.symlink(outside, root / "sneaky-link")
     return root
 

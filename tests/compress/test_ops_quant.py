@@ -99,3 +99,10 @@ def test_quant_error_and_bad_arguments() -> None:
         fake_quant(w, 1, 2)
     with pytest.raises(ValueError, match="group_size"):
         fake_quant(w, 4, 0)
+
+
+def test_a_group_longer_than_the_row_is_the_row() -> None:
+    """A hostile config's group_size of 10**30 quantizes per row; it used to pad each row to that length."""
+    weight = torch.randn(4, 48, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fake_quant(weight, 8, 10**30), fake_quant(weight, 8, 48))
+    assert torch.equal(sdq(weight, 4, 10**18, 2, 4), sdq(weight, 4, 48, 2, 4))

@@ -113,3 +113,27 @@ def test_bad_input(session: ModelSession, proxy: LayerProxy) -> None:
         FeatureBuilder(session.layers, proxy, {"nope": 1.0})
     with pytest.raises(ValueError, match="duplicates"):
         FeatureBuilder(session.layers, proxy, knob_names=["a", "a"])
+
+
+def test_scan_damage_interpolates_the_measured_block_curves(session: ModelSession) -> None:
+    blocks = sorted({layer.block for layer in session.layers})
+    # Block b loses (b + 1) at keep 0.5 and 2 (b + 1) at keep 0.25; no damage dense.
+    damage = {b: {0.25: 2.0 * (b + 1), 0.5: 1.0 * (b + 1)} for b in blocks}
+    builder = FeatureBuilder(session.layers, None, block_damage=damage)
+    names = builder.names()
+    assert {"scan/sum", "scan/log", "scan/max"} <= set(names)
+
+    def scan(layers: ConfigLayers) -> dict[str, float]:
+        values = dict(zip(names, builder.features(layers), strict=True))
+        return {k: v for k, v in values.items() if k.startswith("scan/")}
+
+    assert scan({})["scan/sum"] == 0.0
+    last = blocks[-1]
+    half_last = {layer.name: LayerConfig(sparsity=SparsitySpec(0.5)) for layer in session.layers if layer.block == last}
+    assert scan(half_last)["scan/sum"] == pytest.approx(last + 1)
+    assert scan(half_last)["scan/max"] == pytest.approx(last + 1)
+    # Below the lowest level the first segment's slope goes on: keep 0.125 → 2 + (2 - 1) / 0.25 * 0.125 = 2.5 per unit.
+    eighth = {layer.name: LayerConfig(sparsity=SparsitySpec(0.875)) for layer in session.layers}
+    assert scan(eighth)["scan/sum"] == pytest.approx(2.5 * sum(b + 1 for b in blocks))
+    with pytest.raises(ValueError, match="lacks block"):
+        FeatureBuilder(session.layers, None, block_damage={blocks[0]: {0.5: 1.0}})
