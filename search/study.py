@@ -78,7 +78,30 @@ def optuna_storage(url: str) -> RDBStorage:
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+        if url.startswith("sqlite"):
+            _serialize_sqlite_transactions(_STORAGES[url].engine)
     return _STORAGES[url]
+
+
+def _serialize_sqlite_transactions(engine: sqlalchemy.Engine) -> None:
+    """Make every transaction on ``engine`` take SQLite's write lock at its start (``BEGIN IMMEDIATE``).
+
+    Optuna claims a WAITING trial by reading its state and then writing RUNNING. pysqlite runs
+    the read outside any transaction (it only opens one before the write), so two processes can
+    both read WAITING and both claim the same trial. Beginning each transaction explicitly and
+    immediately makes the read and the write one atomic step; other writers wait (busy timeout).
+    PostgreSQL needs none of this: Optuna reads with SELECT ... FOR UPDATE there.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _driver_does_not_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna created its tables predate the listeners
 
 
 def make_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:

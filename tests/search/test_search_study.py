@@ -5,16 +5,19 @@ Crashes, outages and shutdowns: test_search_reliability.py.
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from search.context import Workbench
 from search.runner import run_search, worker_command
 from search.spec import StudySpec
-from search.study import counts, load_study
+from search.study import counts, load_study, optuna_storage
 from tests.search._studies import SPEC, prepare
 from tests.search._studies import sqlite_url as _sqlite
 
@@ -66,3 +69,36 @@ def test_two_workers_share_a_study(tmp_path: Path, backend: str, request: pytest
         assert proc.wait(timeout=600) == 0
     workers = _check_no_double_measurement(url, 12)
     assert len(workers) == 2
+
+
+def _claim_all(url: str, name: str, start: EventType, out: Path) -> None:
+    """Child process: claim WAITING trials with ``study.ask()`` until none is left; write their numbers."""
+    study = optuna.load_study(study_name=name, storage=optuna_storage(url))
+    start.wait()
+    claimed = []
+    while True:
+        trial = study.ask()
+        if "queued" not in trial.user_attrs:
+            break  # the queue is empty: ask() made a fresh trial
+        claimed.append(trial.number)
+    out.write_text(" ".join(map(str, claimed)))
+
+
+def test_concurrent_asks_on_sqlite_never_claim_one_queued_trial_twice(tmp_path: Path) -> None:
+    """Optuna's claim is a read then a write; on SQLite both must be one transaction (``BEGIN IMMEDIATE``)."""
+    url = _sqlite(tmp_path)
+    study = optuna.create_study(storage=optuna_storage(url), study_name="q")
+    for _ in range(60):
+        study.enqueue_trial({}, user_attrs={"queued": True})
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    outs = [tmp_path / f"claims-{i}.txt" for i in range(4)]
+    procs = [context.Process(target=_claim_all, args=(url, "q", start, out)) for out in outs]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(timeout=300)
+        assert proc.exitcode == 0
+    claims = [int(n) for out in outs for n in out.read_text().split()]
+    assert sorted(claims) == list(range(60))
