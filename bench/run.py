@@ -126,21 +126,32 @@ def jobs_study(job: Job) -> str:
                                      seed=kw["seed"], baselines=kw["baselines"]))
 
 
+def _head_commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=RESULTS.parent.parent).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=RESULTS.parent.parent).stdout.strip()
+    return f"{head}+dirty" if dirty else head
+
+
+#: The commit this process's code came from, read once at start: a commit made while a long suite runs
+#: does not change the code the running jobs use, so it must not change the commit they record.
+CODE_COMMIT = _head_commit()
+
+
 def environment() -> dict[str, Any]:
     """The machine and the versions a result was measured with."""
     cpu = platform.processor()
     with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=RESULTS.parent.parent).stdout.strip()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
         "python": platform.python_version(),
-        "commit": commit,
+        "commit": CODE_COMMIT,
         **{package: version(package) for package in ("torch", "transformers", "optuna", "xgboost")},
     }
 
