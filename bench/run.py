@@ -129,7 +129,8 @@ def jobs_study(job: Job) -> str:
 def _head_commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=RESULTS.parent.parent).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!bench/results", ":!*.md"], capture_output=True,
                            text=True, cwd=RESULTS.parent.parent).stdout.strip()
     return f"{head}+dirty" if dirty else head
 

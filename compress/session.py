@@ -329,12 +329,20 @@ class ModelSession:
         self._applied &= keep or set()
 
     @contextmanager
-    def applied(self, config: CompressionConfig) -> Iterator[float]:
+    def applied(self, config: CompressionConfig, *, restore_after: bool = True) -> Iterator[float]:
+        """Run with ``config`` on the model; yields the seconds applying it took.
+
+        ``restore_after=False`` leaves the weights compressed afterwards, for a caller that applies
+        another config next anyway (the search's trials): ``apply`` only restores the layers it does
+        not overwrite, and whatever needs the dense model (calibration, an evaluator's reference)
+        runs under ``dense()``, so skipping the restore saves a full pass over the weights per trial.
+        """
         seconds = self.apply(config)
         try:
             yield seconds
         finally:
-            self.restore()
+            if restore_after:
+                self.restore()
 
     @contextmanager
     def dense(self) -> Iterator[None]:

@@ -71,7 +71,7 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
     }
     state = TrialState.COMPLETE
     metrics = None
-    with session.applied(config) as apply_s:
+    with session.applied(config, restore_after=False) as apply_s:  # the next trial overwrites it
         for step, metrics in enumerate(evaluator.stream()):
             score = metrics.score(spec.objective)
             retry_db(lambda: trial.report(score, step), what=f"reporting trial {trial.number}")  # noqa: B023

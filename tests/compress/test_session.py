@@ -42,6 +42,29 @@ def test_apply_then_restore_is_bit_identical(session: ModelSession) -> None:
         assert torch.equal(value, before[key]), key
 
 
+def test_a_config_left_applied_is_undone_by_the_next_apply_and_never_seen_as_dense(tmp_path: Path) -> None:
+    dense = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path / "a", calibration_tokens=512)
+    session = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path / "b", calibration_tokens=512)
+    before = {k: v.clone() for k, v in session.model.state_dict().items()}
+    names = [layer.name for layer in session.layers]
+    everything = CompressionConfig("tiny-llama", {n: LayerConfig(sparsity=SparsitySpec(0.5, "magnitude"))
+                                                  for n in names})
+    with session.applied(everything, restore_after=False):
+        pass
+    assert not torch.equal(session.modules[names[1]].weight, before[names[1] + ".weight"])
+    # What needs the dense model gets it: calibration statistics and an evaluator's reference.
+    assert torch.equal(session.stats().gram(names[1]), dense.stats().gram(names[1]))
+    reference = session.evaluator(tokens=64).reference()
+    assert torch.equal(reference.nll, dense.evaluator(tokens=64).reference().nll)
+    # A config touching one layer puts every other layer back.
+    one = CompressionConfig("tiny-llama", {names[0]: LayerConfig(sparsity=SparsitySpec(0.5, "wanda"))})
+    with session.applied(one):
+        for n in names[1:]:
+            assert torch.equal(session.modules[n].weight, before[n + ".weight"]), n
+    for key, value in session.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_applied_weights_have_the_counted_nonzeros(session: ModelSession) -> None:
     config = CompressionConfig(
         "tiny-llama", {layer.name: LayerConfig(sparsity=SparsitySpec(0.5, "wanda")) for layer in session.layers}
