@@ -36,6 +36,7 @@ from compress.ops import (
     lowrank_params,
     magnitude_score,
     nm_mask,
+    pruned_per_row,
     row_ranks,
     sdq,
     svd_factors,
@@ -96,6 +97,9 @@ class ModelSession:
         self._svd: dict[str, dict[str, SVDFactors]] = {}
         self._ranks: dict[str, dict[str, torch.Tensor]] = {}
         self._applied: set[str] = set()
+        # Layers holding unstructured sparsity written from the ranks: (score, weights pruned per row).
+        self._pruned: dict[str, tuple[str, int]] = {}
+        self._orders: dict[str, dict[str, torch.Tensor]] = {}
         self.timings = CacheTimings()
         self.params_total = count_params(self.model)
         self.params_linear = sum(layer.params for layer in self.layers)
@@ -303,29 +307,59 @@ class ModelSession:
             for name, cfg in config.layers.items():
                 weight = self.modules[name].weight
                 if not self._write_masked(weight, name, cfg):
+                    self._pruned.pop(name, None)
                     weight.copy_(self.compressed_weight(name, cfg))
                 self._applied.add(name)
         return time.perf_counter() - start
 
     def _write_masked(self, out: torch.Tensor, name: str, cfg: LayerConfig) -> bool:
-        """Unstructured sparsity alone: one fused pass from the cached ranks into ``out``; False if not that case.
+        """Unstructured sparsity alone: write it into ``out`` from the cached ranks; False if not that case.
 
-        The general path builds a mask, a masked copy and then copies it in: three passes over the
-        weights, which is most of a trial's apply time on a memory-bound CPU.
+        Applying is memory-bound on a CPU, so this touches as few bytes as it can. If ``out`` holds
+        the same score's sparsity at another ratio (the previous trial's) or is dense, only the
+        weights whose fate differs are written: those ranked between the two cut-offs, zeroed or
+        copied back from dense. Otherwise (or when most of the row changes) it is one fused pass.
         """
         sparsity = cfg.sparsity
         if cfg.lowrank is not None or cfg.quant is not None or sparsity is None or sparsity.nm is not None:
             return False
-        ranks = self.ranks(sparsity.score)[name]
-        zero = torch.zeros((), dtype=out.dtype)
-        torch.where(unstructured_mask(ranks, sparsity.ratio), self._dense[name], zero, out=out)
+        in_features = int(out.shape[1])
+        cut = pruned_per_row(in_features, sparsity.ratio)
+        if name not in self._applied:
+            current: tuple[str, int] | None = (sparsity.score, 0)
+        else:
+            current = self._pruned.get(name)
+        if current is not None and current[0] == sparsity.score and abs(cut - current[1]) < in_features // 2:
+            lo, hi = sorted((current[1], cut))
+            if hi > lo:
+                index = self.orders(sparsity.score)[name][:, lo:hi].long()
+                if cut > current[1]:
+                    out.scatter_(1, index, 0.0)
+                else:
+                    out.scatter_(1, index, self._dense[name].gather(1, index))
+        else:
+            ranks = self.ranks(sparsity.score)[name]
+            zero = torch.zeros((), dtype=out.dtype)
+            torch.where(unstructured_mask(ranks, sparsity.ratio), self._dense[name], zero, out=out)
+        self._pruned[name] = (sparsity.score, cut)
         return True
+
+    def orders(self, kind: str) -> dict[str, torch.Tensor]:
+        """Per row, the columns from the lowest score up (the inverse of ``ranks``); built in memory once."""
+        if kind not in self._orders:
+            orders = {}
+            for name, ranks in self.ranks(kind).items():
+                columns = torch.arange(ranks.shape[1], dtype=ranks.dtype).expand_as(ranks)
+                orders[name] = torch.empty_like(ranks).scatter_(1, ranks.long(), columns)
+            self._orders[kind] = orders
+        return self._orders[kind]
 
     def restore(self, keep: set[str] | None = None) -> None:
         """Put the dense weights back (except in ``keep``, which the caller is about to overwrite)."""
         with torch.no_grad():
             for name in self._applied - (keep or set()):
                 self.modules[name].weight.copy_(self._dense[name])
+                self._pruned.pop(name, None)
         self._applied &= keep or set()
 
     @contextmanager
@@ -348,6 +382,7 @@ class ModelSession:
     def dense(self) -> Iterator[None]:
         """Run with dense weights; whatever was applied is put back afterwards."""
         applied = {name: self.modules[name].weight.detach().clone() for name in self._applied}
+        pruned = dict(self._pruned)
         self.restore()
         try:
             yield
@@ -356,6 +391,7 @@ class ModelSession:
                 for name, weight in applied.items():
                     self.modules[name].weight.copy_(weight)
                     self._applied.add(name)
+            self._pruned.update(pruned)
 
     # -- measuring ---------------------------------------------------------------------------
     def evaluator(self, *, dataset: str = DEFAULT_DATASET, split: Split = "search", tokens: int = 2048) -> Evaluator:

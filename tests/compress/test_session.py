@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -63,6 +64,33 @@ def test_a_config_left_applied_is_undone_by_the_next_apply_and_never_seen_as_den
             assert torch.equal(session.modules[n].weight, before[n + ".weight"]), n
     for key, value in session.model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_applying_over_the_last_config_gives_the_same_weights_as_applying_from_dense(tmp_path: Path) -> None:
+    """Unstructured sparsity is written incrementally over what the last trial left; it must not drift."""
+    session = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512)
+    fresh = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512)
+    names = [layer.name for layer in session.layers]
+    rng = random.Random(0)
+
+    def layer_config() -> LayerConfig:
+        kind = rng.choice(["wanda", "wanda", "magnitude", "lowrank", "dense"])
+        if kind == "lowrank":
+            return LayerConfig(lowrank=LowRankSpec(4, "svd"))
+        if kind == "dense":
+            return LayerConfig()
+        return LayerConfig(sparsity=SparsitySpec(rng.choice([0.0, 0.1, 0.3, 0.5, 0.55, 0.9, 0.99]), kind))
+
+    for step in range(40):
+        chosen = rng.sample(names, rng.randint(1, len(names)))
+        config = CompressionConfig("tiny-llama", {name: layer_config() for name in chosen})
+        with session.applied(config, restore_after=rng.random() < 0.2), fresh.applied(config):
+            for name in names:
+                assert torch.equal(session.modules[name].weight, fresh.modules[name].weight), (step, name)
+        if step % 7 == 0:
+            session.stats()  # runs under dense() and puts the applied weights back
+            with session.dense():
+                pass
 
 
 def test_applied_weights_have_the_counted_nonzeros(session: ModelSession) -> None:
