@@ -226,23 +226,29 @@ def predictor(results: Results) -> list[str]:
 
 def trial_cost(results: Results) -> list[str]:
     rows = []
-    for record in by_part(results, "quality") + by_part(results, "efficiency"):
+    studies = [r for r in by_part(results, "cost") if "cost" in r["result"]]
+    for record in studies + by_part(results, "quality") + by_part(results, "efficiency"):
         cost, kw = record["result"]["cost"], record["kwargs"]
         n = max(cost["trials"], 1)
         overhead = 1 - cost["forward_s"] / cost["span_s"] if cost["span_s"] else None
         rows.append([f"{'+'.join(kw['operators'])} {kw['budget']} {kw['strategy']} s{kw['seed']}", str(kw["tokens"]),
                      str(cost["trials"]), fmt(cost["forward_s"] / n, 2), fmt(cost["apply_s"] / n, 2),
-                     fmt(cost["span_s"] / n, 2), fmt(100 * overhead if overhead is not None else None, 0) + "%"])
+                     fmt(cost["span_s"] / n, 2), fmt(100 * overhead if overhead is not None else None, 0) + "%",
+                     f"{record['env']['load_avg_1m']:.1f}–{record['load_avg_1m_after']:.1f}", record["env"]["commit"]])
     lines = [
         "Per evaluation, from the trials themselves: forward pass, applying the config, and the whole span from "
         "the first trial's start to the last one's end divided by the trials (so it includes predictor fits, "
-        "Optuna's bookkeeping and restoring the weights). Overhead = 1 − forward / span.",
+        "Optuna's bookkeeping and restoring the weights). Overhead = 1 − forward / span. Load: the 1-minute load "
+        "average when the job started and ended (2 cores; above 2, every time here is inflated). Commit: the code "
+        "that ran.",
         "",
-        *table(["study", "tokens", "trials", "forward s", "apply s", "span s", "overhead"], rows),
+        *table(["study", "tokens", "trials", "forward s", "apply s", "span s", "overhead", "load", "commit"], rows),
         "",
     ]
     for record in by_part(results, "cost"):
         r = record["result"]
+        if "calibration_s" not in r:
+            continue
         built = r["calibration_s"] + r["svd_s"]
         lines += [f"Per-model caches (smollm2-135m): calibration Grams over {r['calibration_tokens']:,} tokens "
                   f"{r['calibration_s']:.1f} s, plain and whitened SVD of all 210 layers {r['svd_s']:.1f} s; loading "

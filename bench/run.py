@@ -63,6 +63,9 @@ class Plan:
     speed: dict[str, Any]
     encoder_trials: int
     baselines: list[str] = field(default_factory=lambda: ["uniform", "owl", "sensitivity"])
+    #: Studies run only for the trial-cost table: (strategy, tokens per evaluation), Wanda 0.4, uniform seed.
+    cost_runs: list[tuple[str, int]] = field(default_factory=list)
+    cost_trials: int = 16
 
 
 PLANS = {
@@ -75,7 +78,8 @@ PLANS = {
                  quality_trials=40, tokens=1024, holdout_tokens=4096,
                  efficiency_trials={"guided": 60, "tpe": 150, "random": 60}, seeds=[0, 1, 2],
                  predictor_sizes=[10, 20, 40, 80], scale_trials=16,
-                 speed={"tokens": 512, "decode_tokens": 64, "repeats": 5}, encoder_trials=30),
+                 speed={"tokens": 512, "decode_tokens": 64, "repeats": 5}, encoder_trials=30,
+                 cost_runs=[("random", 1024), ("tpe", 1024), ("random", 2048), ("tpe", 2048)]),
 }
 
 
@@ -95,6 +99,9 @@ def search_job(part: str, kwargs: dict[str, Any]) -> Job:
 def plan_jobs(name: str, plan: Plan) -> list[Job]:
     """Every job of a suite, in the order they run (cheap, shared ones first)."""
     out: list[Job] = [Job("cache-cost", "cost", jobs.cache_cost)]
+    out += [search_job("cost", {**search_kwargs(plan, ["wanda"], 0.4, strategy, plan.cost_trials),
+                                 "tokens": tokens, "baselines": ["uniform"]})
+            for strategy, tokens in plan.cost_runs]
     quality = [search_job("quality", search_kwargs(plan, ops, budget, strategy, plan.quality_trials))
                for ops, budget in plan.quality for strategy in STRATEGIES]
     efficiency = [search_job("efficiency", search_kwargs(plan, ["wanda"], 0.4, strategy, trials, seed))
