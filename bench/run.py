@@ -5,6 +5,7 @@ Usage::
     python -m bench.run --suite quick          # about 15 minutes on 2 CPU cores (warm model caches)
     python -m bench.run --suite full           # hours; run by hand
     python -m bench.run --suite full --only efficiency --seeds 0
+    python -m bench.run --suite full --only quality --match wanda-0.3-guided --fresh   # measure one job anew
     python -m bench.run --render                # only rewrite BENCHMARKS.md from the stored results
 
 Each job's result is stored as ``bench/results/jobs/<job>.json`` with the machine, versions and wall
@@ -169,6 +170,11 @@ def run_job(job: Job, *, fresh: bool) -> dict[str, Any]:
     if path.is_file() and not fresh:
         stored: dict[str, Any] = json.loads(path.read_text())
         return stored
+    if fresh and job.fn is jobs.search:  # else it would resume the stored study, already finished
+        import optuna
+
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=jobs_study(job), storage=jobs.STORAGE)
     log.info("running %s", job.id)
     before = environment()
     started = time.perf_counter()
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=sorted(PLANS), default="quick")
     parser.add_argument("--only", help="comma-separated parts: cost,quality,efficiency,predictor,scale,speed,encoder")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
+    parser.add_argument("--match", help="only the jobs whose id contains this (e.g. svd-whitened-0.8-guided)")
     parser.add_argument("--fresh", action="store_true", help="rerun jobs whose result is stored")
     parser.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md and the plots")
     args = parser.parse_args(argv)
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = set(args.only.split(",")) if args.only else None
         started = time.perf_counter()
         for job in plan_jobs(args.suite, plan):
-            if parts is None or job.part in parts:
+            if (parts is None or job.part in parts) and (args.match is None or args.match in job.id):
                 run_job(job, fresh=args.fresh)
         log.info("suite %s done in %.0f s", args.suite, time.perf_counter() - started)
     render({suite: stored_results(suite) for suite in PLANS})

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from compress.baselines import cached_scan
+from compress.budget import Allocation, logit, logit_family, project_to_budget, sigmoid
 from compress.config import LayerConfig, config_from_dict
 from predictor.features import FeatureBuilder
 from predictor.proxy import LayerProxy
@@ -31,7 +32,7 @@ from predictor.report import cross_validated_quality
 from predictor.screen import screen, shrink_ranges
 from predictor.xgb import XGBPredictor
 from search.context import Workbench
-from search.space import SearchSpace
+from search.space import SearchSpace, to_config
 from search.spec import StudySpec
 from search.study import SPEC_ATTR, Counts, measured
 
@@ -46,6 +47,28 @@ WARM_INIT = 2  # with a prior, two measured trials of this study are enough to s
 def target(value: float) -> float:
     """The predictor learns log(objective): perplexity and KL are both positive and heavy-tailed."""
     return math.log(max(value, 1e-9))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A config the predictor scores: its knobs (what the sampler sees) and its exact allocation.
+
+    ``exact_config``: the allocation is not ``space.allocation(params)`` (the knobs only approximate
+    it), so a pick is measured from its config document.
+    """
+
+    params: dict[str, Any]
+    allocation: Allocation
+    exact_config: bool = False
+
+
+def measured_logits(space: SearchSpace, trial: optuna.trial.FrozenTrial) -> np.ndarray | None:
+    """Per-layer keep logits of the config ``trial`` measured (None if it does not say)."""
+    keep = trial.user_attrs.get("config", {}).get("meta", {}).get("layer_keep")
+    if not keep or any(layer.name not in keep for layer in space.layers):
+        return None
+    values = np.clip(np.array([float(keep[layer.name]) for layer in space.layers]), 1e-4, 1 - 1e-4)
+    return np.asarray(logit(values))
 
 
 @dataclass
@@ -125,26 +148,35 @@ class Guide:
         rng = np.random.default_rng(spec.seed * 7919 + len(trials))
         model = XGBPredictor(seed=spec.seed, prior=prior).fit(X, y)
         candidates = self.candidates(space, trials, rng)
-        configs = [space.allocation(params) for params in candidates]
-        layer_sets: list[dict[str, LayerConfig]] = [a.layer_configs(space.layers, space.quant) for a in configs]
+        layer_sets: list[dict[str, LayerConfig]] = [
+            c.allocation.layer_configs(space.layers, space.quant) for c in candidates
+        ]
         Xc = self.features(spec, bench).matrix(layer_sets)
         mean, std = model.predict_with_uncertainty(Xc)
         picks = screen(Xc, model, k=min(self.per_round, open_slots), explore_share=self.explore_share, rng=rng)
         for index in picks:
-            study.enqueue_trial(
-                candidates[index],
-                user_attrs={
-                    "source": "predictor",
-                    "predicted": math.exp(float(mean[index])),
-                    "predicted_std": float(std[index]),
-                },
-            )
+            pick = candidates[index]
+            attrs: dict[str, Any] = {
+                "source": "predictor",
+                "predicted": math.exp(float(mean[index])),
+                "predicted_std": float(std[index]),
+            }
+            if pick.exact_config:  # not a point of the knob space: measure the config itself
+                attrs["seed_config"] = to_config(space, pick.allocation, {"source": "predictor"}).to_dict()
+            study.enqueue_trial(pick.params, user_attrs=attrs)
         self.record(study, X, y, trials, n_scored=len(candidates), n_enqueued=len(picks), prior=prior, warm=warm)
         return len(picks)
 
     def candidates(
         self, space: SearchSpace, trials: list[optuna.trial.FrozenTrial], rng: np.random.Generator
-    ) -> list[dict[str, Any]]:
+    ) -> list[Candidate]:
+        """Half perturbations of the best measured configs, half random points where good ones live.
+
+        A perturbation moves the measured config itself (its per-layer keep, in logit space) by a
+        knob-shaped offset: type knobs plus a depth profile. Moving its knob-space projection
+        instead would lose what the knobs cannot express, such as the sensitivity baseline's
+        per-block profile, and every candidate would start worse than the config it came from.
+        """
         ranked = sorted(trials, key=lambda t: float(t.value))  # type: ignore[arg-type]
         knobs = space.knob_names()
         ranges: dict[str, tuple[float, float]] = {}
@@ -155,13 +187,26 @@ class Guide:
             ranges = dict(
                 zip(knobs, shrink_ranges(values, scores, quantile=0.3, margin=0.15, bounds=bounds), strict=True)
             )
-        elite = [t.params for t in ranked[:5]]
-        out: list[dict[str, Any]] = []
+        elite = ranked[:5]
+        elite_logits = [measured_logits(space, t) for t in elite]
+        zero = {name: 0.0 for name in knobs}
+        base = np.asarray(logit(space.budget))  # raw_logits(step) - base: the knobs' offset alone
+        out: list[Candidate] = []
         n_perturb = self.n_candidates // 2
         for i in range(n_perturb):
             scale = 0.5 if i % 3 == 0 else 0.2
-            out.append(space.perturb(elite[i % len(elite)], rng, scale=scale))
-        out += [space.sample(rng, ranges) for _ in range(self.n_candidates - n_perturb)]
+            parent, logits = elite[i % len(elite)], elite_logits[i % len(elite)]
+            if logits is None or not knobs:
+                params = space.perturb(parent.params, rng, scale=scale)
+                out.append(Candidate(params, space.allocation(params)))
+                continue
+            step = space.perturb(zero | {k: v for k, v in parent.params.items() if k not in zero}, rng, scale=scale)
+            moved = sigmoid(logits + space.raw_logits(step) - base)
+            allocation = project_to_budget(space.layers, logit_family(moved), space.budget, space.layer_operators(step))
+            out.append(Candidate(space.fit_params(allocation.keep, allocation.operators), allocation, True))
+        for _ in range(self.n_candidates - n_perturb):
+            params = space.sample(rng, ranges)
+            out.append(Candidate(params, space.allocation(params)))
         return out
 
     def record(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optuna.trial import TrialState
+import numpy as np
+from optuna.trial import TrialState, create_trial
 
-from compress.budget import BUDGET_TOLERANCE
+from compress.budget import BUDGET_TOLERANCE, Allocation, logit, logit_family, project_to_budget
 from search.context import Workbench
+from search.guided import Guide
 from search.runner import run_search
+from search.space import to_config
 from search.spec import StudySpec
 from search.study import load_study
 
@@ -43,3 +46,34 @@ def test_warm_start_uses_earlier_comparable_studies(tmp_path: Path) -> None:
     screened = [t for t in done if t.user_attrs["source"] == "predictor"]
     assert screened
     assert all(abs(t.user_attrs["keep_ratio"] - 0.5) <= BUDGET_TOLERANCE * 0.5 for t in screened)
+
+
+def test_candidates_perturb_the_best_measured_config_itself_not_its_knob_projection() -> None:
+    bench = Workbench()
+    spec = StudySpec(**SPEC | {"budget": 0.5, "n_trials": 10})  # type: ignore[arg-type]
+    space = bench.space(spec)
+    # Types and blocks in a checkerboard: type knobs plus a depth profile (additive) cannot draw it,
+    # so its knob projection is far off.
+    blocks = sorted({layer.block for layer in space.layers})
+    raw = np.array([0.85 if (blocks.index(layer.block) + space.types.index(layer.type)) % 2 else 0.2
+                    for layer in space.layers])
+    profile = project_to_budget(space.layers, logit_family(raw), 0.5, space.layer_operators({}))
+    best_config = to_config(space, profile, {"method": "baseline"})
+    fitted = space.fit_params(profile.keep, profile.operators)
+    best = create_trial(params=fitted, distributions=space.distributions(), value=1.0,
+                        user_attrs={"config": best_config.to_dict()})
+    worse = create_trial(params={k: 0.0 for k in fitted}, distributions=space.distributions(), value=2.0,
+                         user_attrs={"config": space.config({k: 0.0 for k in fitted}).to_dict()})
+
+    def distance(allocation: Allocation) -> float:
+        keep = np.array([allocation.keep[layer.name] for layer in space.layers])
+        target = np.array([profile.keep[layer.name] for layer in space.layers])
+        return float(np.abs(logit(np.clip(keep, 1e-4, 1 - 1e-4)) - logit(np.clip(target, 1e-4, 1 - 1e-4))).mean())
+
+    candidates = Guide(n_candidates=40).candidates(space, [worse, best], np.random.default_rng(0))
+    around_best = [c for i, c in enumerate(candidates[:20]) if i % 2 == 0]  # parents alternate: best, worse
+    assert all(c.exact_config for c in candidates[:20])
+    projection = distance(space.allocation(fitted))
+    assert max(distance(c.allocation) for c in around_best) < projection
+    for candidate in candidates:
+        assert abs(candidate.allocation.keep_ratio - 0.5) <= BUDGET_TOLERANCE * 0.5
