@@ -42,7 +42,8 @@ def test_render_fills_tables_and_keeps_the_hand_written_reading(tmp_path: Path,
     path.write_text(f"# Benchmarks\n\nintro\n\n{report.BEGIN}\nstale table\n{report.END}\n\n## Reading\n\nmine\n")
     results = {"quick": {"tpe": _search("tpe", [3.0, 2.0, 1.0], 160.0),
                          "guided": _search("guided", [3.0, 0.9, 0.8], 100.0),
-                         "random": _search("random", [3.0, 2.5, 2.4], 180.0)},
+                         "random": _search("random", [3.0, 2.5, 2.4], 180.0),
+                         "cost": _search("random", [3.0, 2.9], 180.0) | {"part": "cost"}},
                "full": {}}
     monkeypatch.setattr(report, "BENCHMARKS", path)
     report.render(results, path)
@@ -52,6 +53,7 @@ def test_render_fills_tables_and_keeps_the_hand_written_reading(tmp_path: Path,
     assert "| wanda 0.4 | 30.00 | 200.0 | 220.0 | 150.0 | 180.0 | 160.0 | **100.0** | 0.50x | 0.67x | 3 |" in text
     # Plain TPE ends at 1.0; guided is at 0.9 by its second evaluation.
     assert "reached by slimscout at evaluation **2** of 3" in text
-    assert "| wanda 0.4 tpe s0 | 512 | 3 | 2.67 | 0.33 | 3.33 | 20% |" in text
+    assert "| wanda 0.4 tpe s0 | 512 | 3 | 2.67 | 0.33 | 3.33 | 20% | 0.5–1.0 | abc |" in text
+    assert "| wanda 0.4 random s0 | 512 | 2 | 4.00 | 0.50 | 5.00 | 20% |" in text  # a cost-only study
     assert (tmp_path / "efficiency-quick.png").stat().st_size > 0
     assert "## Suite `full`\n\nNot run yet." in text
