@@ -8,7 +8,9 @@ schema version in ``slimscout_alembic_version`` (Optuna owns ``alembic_version``
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,25 @@ def _is_sqlite_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or "mode=memory" in str(url)
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another process holds the file locked.
+
+    The switch needs an exclusive lock. When another process is mid-transaction (a migration under
+    ``BEGIN IMMEDIATE``) while this connection holds its shared lock, SQLite reports the deadlock
+    as "database is locked" at once instead of waiting out the busy timeout; trying again after
+    the other commits succeeds.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str | URL) -> Engine:
     """A new engine for ``url``, configured for many threads and processes sharing one database.
 
@@ -84,7 +105,7 @@ def make_engine(url: str | URL) -> Engine:
                 # busy_timeout first: switching to WAL needs a lock another process may hold.
                 cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
                 if not memory:
-                    cursor.execute("PRAGMA journal_mode = WAL")
+                    _switch_to_wal(cursor)
                 cursor.execute("PRAGMA foreign_keys = ON")
             finally:
                 cursor.close()
