@@ -55,7 +55,7 @@ def rdb_of(study: optuna.Study) -> RDBStorage:
     return storage
 
 
-class _Background:
+class BackgroundThread:
     """A daemon thread running ``_run`` for the duration of a ``with`` block; ``_stop`` ends it."""
 
     def __init__(self, name: str) -> None:
@@ -74,7 +74,7 @@ class _Background:
         raise NotImplementedError
 
 
-class Heartbeat(_Background):
+class Heartbeat(BackgroundThread):
     """Records ``trial_id``'s heartbeat now and every ``interval_s`` while the ``with`` block runs.
 
     Unlike Optuna's heartbeat thread, a failed write (database unreachable) does not end the
@@ -145,7 +145,7 @@ def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int = MAX_RETRY
     return retry_db(add, what=f"re-queueing trial {failed.number}")
 
 
-class Reaper(_Background):
+class Reaper(BackgroundThread):
     """Fails and re-queues a study's abandoned trials, by heartbeat (see the module docstring).
 
     ``reap()`` may be called from any thread; used as a context manager, a daemon thread calls it

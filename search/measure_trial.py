@@ -1,4 +1,6 @@
-"""Measure one claimed trial: build its config, apply it, stream chunks (pruning), report, restore.
+"""Measure one claimed trial: build its config, apply it, stream chunks (pruning), report.
+
+The config stays applied afterwards: the next trial's apply overwrites it (``ModelSession.applied``).
 
 From the first chunk on, every storage call is retried through short outages (each is idempotent:
 an intermediate value or a user attribute written twice is the same value), so a measurement that

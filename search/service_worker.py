@@ -22,7 +22,7 @@ import optuna
 
 from search.context import Workbench
 from search.guided import make_guide
-from search.liveness import Reaper, grace_period_s
+from search.liveness import BackgroundThread, Reaper, grace_period_s
 from search.measure_trial import worker_id
 from search.setup import finalize, seed_study, summarize
 from search.spec import StudySpec
@@ -67,7 +67,7 @@ def spec_of(row: Study) -> StudySpec:
     )
 
 
-class SetupLease:
+class SetupLease(BackgroundThread):
     """Renews this worker's setup lease on a study every heartbeat interval while the block runs.
 
     The lease is ended (set to NULL) only when the block succeeds; after an error it runs out, and
@@ -75,19 +75,13 @@ class SetupLease:
     """
 
     def __init__(self, worker: ServiceWorker, study_id: str) -> None:
+        super().__init__(f"lease-{study_id}")
         self.worker = worker
         self.study_id = study_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{study_id}", daemon=True)
 
-    def __enter__(self) -> SetupLease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if exc_type is None:
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if exc[0] is None:
             with session_scope(self.worker.engine) as session:
                 end_setup_lease(session, study_id=self.study_id, owner=self.worker.owner)
 
