@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.optuna_store import OptunaStore
 from api.schemas import Message
-from slimscout.settings import Settings
+from common.settings import Settings
 from storage import get_engine, hash_token, session_scope
 
 _bearer = HTTPBearer(auto_error=False, description="one of the tokens in SLIMSCOUT_API_TOKEN, when it is set")

@@ -20,8 +20,8 @@ from api.optuna_store import OptunaStore
 from api.refusals import install as install_refusals
 from api.routes import dashboard, health, models, studies
 from api.unavailable import DatabaseUnavailableMiddleware
-from slimscout import __version__
-from slimscout.settings import Settings, get_settings
+from common import __version__
+from common.settings import Settings, get_settings
 from storage import init_db
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from api.schemas import StudyCreate
+from common.errors import SlimscoutError
+from common.settings import Settings
 from compress.catalog_entries import CATALOG
 from compress.model_dir import check_model_dir
-from slimscout.errors import SlimscoutError
-from slimscout.settings import Settings
 
 BUILTIN_DATASETS = ("lee-news",)
 HUB_DATASET = re.compile(r"^hf:[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(:[\w.\-]+)?$")

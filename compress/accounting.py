@@ -37,7 +37,7 @@ import difflib
 import math
 from dataclasses import dataclass
 
-from slimscout.errors import ConfigError
+from common.errors import ConfigError
 
 from .config import LayerConfig, QuantSpec, SparsitySpec
 from .layers import LinearLayer

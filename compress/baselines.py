@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ConfigError
 from compress.budget import Allocation, check_operators, layer_config, logit_family, project_to_budget
 from compress.config import CompressionConfig
 from compress.session import ModelSession
-from slimscout.errors import ConfigError
 
 log = logging.getLogger(__name__)
 METHODS = ("uniform", "owl", "sensitivity")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import BudgetError, ConfigError
 from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsityScore, SparsitySpec
 from compress.layers import LinearLayer
-from slimscout.errors import BudgetError, ConfigError
 
 SPARSITY_OPERATORS: dict[str, SparsityScore] = {"wanda": "wanda", "magnitude": "magnitude"}
 LOWRANK_OPERATORS = {"svd": "svd", "svd-whitened": "svd-whitened"}

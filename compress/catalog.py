@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.errors import ModelNotFoundError
+from common.settings import get_settings
 from compress.catalog_entries import CATALOG, CatalogEntry, ModelKind
 from compress.model_dir import check_model_dir
-from slimscout.errors import ModelNotFoundError
-from slimscout.settings import get_settings
 
 __all__ = ["CATALOG", "CatalogEntry", "LoadedModel", "ModelKind", "load_model"]
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from slimscout.errors import ConfigError
+from common.errors import ConfigError
 
 SCHEMA_V1 = "slimscout.config/v1"
 LowRankMethod = Literal["svd", "svd-whitened"]

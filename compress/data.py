@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from slimscout.errors import DatasetError
+from common.errors import DatasetError
 
 Split = Literal["calibration", "search", "holdout"]
 SPLITS: tuple[Split, ...] = ("calibration", "search", "holdout")

@@ -50,11 +50,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from common.errors import CorruptCheckpointError, ExportError, ModelNotFoundError
+from common.settings import get_settings
 from compress.accounting import layer_cost, stored_shapes
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer, count_params
-from slimscout.errors import CorruptCheckpointError, ExportError, ModelNotFoundError
-from slimscout.settings import get_settings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -196,7 +196,7 @@ def _absent_modules(model: nn.Module, kind: str) -> list[str]:
 
 def build_manifest(session: ModelSession, config: CompressionConfig, *, merge: bool,
                    model_file_bytes: int, stored_params: int) -> dict[str, Any]:
-    from slimscout import __version__
+    from common import __version__
 
     dtype = next(iter(session.modules.values())).weight.dtype
     element_size = torch.empty((), dtype=dtype).element_size()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slimscout.errors import ModelNotFoundError, UnsafeCheckpointError
+from common.errors import ModelNotFoundError, UnsafeCheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

@@ -23,6 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from common.errors import ConfigError
+from common.settings import get_settings
 from compress.accounting import LayerCost, model_cost
 from compress.calibration import CalibrationStats, collect_stats
 from compress.catalog import LoadedModel, load_model
@@ -43,8 +45,6 @@ from compress.ops import (
     unstructured_mask,
     wanda_score,
 )
-from slimscout.errors import ConfigError
-from slimscout.settings import get_settings
 
 log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_TOKENS = 4096

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimscout.errors import BenchmarkError
+from common.errors import BenchmarkError
 
 
 @dataclass(frozen=True)

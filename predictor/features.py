@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from common.errors import ConfigError
 from compress.accounting import DENSE_BYTES_PER_PARAM, layer_cost
 from compress.config import LayerConfig
 from compress.layers import PROJECTION_TYPES, LinearLayer
-from slimscout.errors import ConfigError
 
 from .proxy import LayerErrors, LayerProxy
 

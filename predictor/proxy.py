@@ -41,11 +41,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from common.errors import ConfigError
 from compress.config import LayerConfig, QuantSpec, SparsitySpec
 from compress.layers import LinearLayer
 from compress.ops import fake_quant, lowrank_params, nm_mask, pruned_per_row, row_ranks, sdq
 from compress.session import ModelSession
-from slimscout.errors import ConfigError
 
 RATIO_GRID = 64
 RANK_GRID = 17

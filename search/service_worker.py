@@ -20,6 +20,8 @@ from typing import Any
 
 import optuna
 
+from common.errors import SlimscoutError
+from common.settings import get_settings
 from search.context import Workbench
 from search.guided import make_guide
 from search.liveness import BackgroundThread, Reaper, grace_period_s
@@ -28,8 +30,6 @@ from search.setup import finalize, seed_study, summarize
 from search.spec import StudySpec
 from search.study import best_trial, counts, create_study, is_set_up, load_study
 from search.worker import work_on_study
-from slimscout.errors import SlimscoutError
-from slimscout.settings import get_settings
 from storage import (
     add_artifact,
     claim_queued_study,

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import optuna
 
+from common.errors import ConfigError
 from compress.budget import Allocation, check_operators, logit, project_to_budget, sigmoid
 from compress.config import CompressionConfig
 from compress.layers import PROJECTION_TYPES, LinearLayer
-from slimscout.errors import ConfigError
 
 GRANULARITIES = ("uniform", "type", "block", "type-block", "layer")
 DEFAULT_GRANULARITY = "type-block"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from common.errors import BudgetError, ConfigError
 from compress.budget import check_operators
 from search.space import DEFAULT_GRANULARITY, GRANULARITIES
-from slimscout.errors import BudgetError, ConfigError
 
 OBJECTIVES = ("ppl", "kl", "cosine")  # cosine: 1 - cosine to the dense embeddings (encoders)
 STRATEGIES = ("guided", "tpe", "random")

@@ -21,9 +21,9 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models as rdb_models
 from optuna.trial import FrozenTrial, TrialState
 
+from common.settings import get_settings
 from search.liveness import grace_period_s
 from search.spec import StudySpec
-from slimscout.settings import get_settings
 from storage.db import normalize_url as storage_url
 from storage.db import session_scope
 from storage.retry import retry_db

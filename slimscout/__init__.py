@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from common import __version__
+
+__all__ = ["__version__", "load_compressed"]
 
 
 def load_compressed(path: str, **kwargs: Any) -> Any:

@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from slimscout import __version__
-from slimscout.errors import SlimscoutError
+from common import __version__
+from common.errors import SlimscoutError
 
 COMMANDS = ("models", "evaluate", "baseline", "search", "worker", "serve", "apply", "speed")
 
@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"slimscout.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"slimscout.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"slimscout.commands.{name}").register(sub)
     return parser
 
 

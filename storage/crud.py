@@ -20,7 +20,7 @@ from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from slimscout.errors import SlimscoutError
+from common.errors import SlimscoutError
 from storage.models import Artifact, Study, StudyStatus, utcnow
 
 __all__ = [

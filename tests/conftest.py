@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from slimscout.settings import get_settings
+from common.settings import get_settings
 from storage import dispose_engines, normalize_url
 
 POSTGRES_ADMIN_URL = os.environ.get("SLIMSCOUT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

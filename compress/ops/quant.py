@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from slimscout.errors import ConfigError
+from common.errors import ConfigError
 
 from .sparsity import nm_mask
 

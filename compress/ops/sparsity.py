@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from slimscout.errors import ConfigError
+from common.errors import ConfigError
 
 
 def magnitude_score(weight: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimscout.errors import DatasetError
+    from common.errors import DatasetError
 
     if args.tokens < 2:
         raise DatasetError(f"--tokens must be at least 2, got {args.tokens}")

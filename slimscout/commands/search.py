@@ -42,9 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from common.settings import get_settings
     from search.runner import Progress, best_config, run_search
     from search.spec import StudySpec
-    from slimscout.settings import get_settings
 
     spec = StudySpec(
         model_id=args.model,

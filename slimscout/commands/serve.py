@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.main import create_app
-    from slimscout.errors import SlimscoutError
-    from slimscout.settings import get_settings
+    from common.errors import SlimscoutError
+    from common.settings import get_settings
     from storage import init_db
 
     if args.workers < 0:

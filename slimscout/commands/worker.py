@@ -17,11 +17,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from common.settings import get_settings
     from search.context import Workbench
     from search.guided import make_guide
     from search.study import load_study
     from search.worker import work_on_study
-    from slimscout.settings import get_settings
 
     url = args.storage or get_settings().storage_url
     stop = threading.Event()

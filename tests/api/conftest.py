@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.main import create_app
 from api.optuna_store import optuna_url
-from slimscout.settings import get_settings
+from common.settings import get_settings
 from storage import dispose_engines
 from tests._service import free_port
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi.testclient import TestClient
 
-from slimscout.settings import get_settings
+from common.settings import get_settings
 
 if TYPE_CHECKING:
     from tests.api.conftest import MakeClient
@@ -143,8 +143,8 @@ def test_pickle_only_checkpoint_is_refused_and_never_unpickled(hostile: Hostile,
 
 def test_the_loader_never_unpickles_either(tmp_path: Path) -> None:
     """Past the API (a directory changed after validation) the loader refuses too; beside safetensors, ignores it."""
+    from common.errors import UnsafeCheckpointError
     from compress.catalog import _minilm_dir, load_model
-    from slimscout.errors import UnsafeCheckpointError
 
     marker = tmp_path / "pickle-ran"
     trap = booby_trapped_pickle(marker)

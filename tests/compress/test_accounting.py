@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.errors import ConfigError
 from compress.accounting import DENSE_BYTES_PER_PARAM, LayerCost, layer_cost, model_cost
 from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec
 from compress.layers import LinearLayer
@@ -19,7 +20,6 @@ from compress.ops import (
     unstructured_mask,
     wanda_score,
 )
-from slimscout.errors import ConfigError
 
 LAYER = LinearLayer("model.layers.0.mlp.up_proj", 0, "up", in_features=128, out_features=64)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.errors import BudgetError, ConfigError
 from compress.accounting import model_cost
 from compress.budget import (
     LayerArrays,
@@ -13,7 +14,6 @@ from compress.budget import (
     project_to_budget,
 )
 from compress.layers import linear_layers
-from slimscout.errors import BudgetError, ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.errors import ModelNotFoundError, UnsafeCheckpointError
 from compress.catalog import CATALOG, load_model
 from compress.layers import count_params, linear_layers
-from slimscout.errors import ModelNotFoundError, UnsafeCheckpointError
 
 
 def test_catalog_names() -> None:

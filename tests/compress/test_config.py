@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from compress.config import (
     SCHEMA_V1,
     CompressionConfig,
@@ -15,7 +16,6 @@ from compress.config import (
     config_from_dict,
     load_config,
 )
-from slimscout.errors import ConfigError
 
 
 def _doc(layers: dict) -> dict:  # type: ignore[type-arg]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import DatasetError
 from compress.data import SPLITS, load_documents, split_documents, token_stream
-from slimscout.errors import DatasetError
 
 
 def test_lee_news_is_the_real_corpus() -> None:

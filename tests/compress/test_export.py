@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.errors import ConfigError, ModelNotFoundError
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, LowRankSpec, config_from_dict
 from compress.export import (
@@ -26,7 +27,6 @@ from compress.export import (
 from compress.layers import LinearLayer
 from compress.session import ModelSession
 from slimscout.cli import main
-from slimscout.errors import ConfigError, ModelNotFoundError
 
 L0 = "model.layers.0"
 L1 = "model.layers.1"

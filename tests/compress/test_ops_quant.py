@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.errors import ConfigError
 from compress.ops import fake_quant, nm_mask, quant_error, sdq
-from slimscout.errors import ConfigError
 
 
 def _reference(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:

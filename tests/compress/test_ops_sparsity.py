@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.errors import ConfigError
 from compress.ops import (
     magnitude_score,
     nm_mask,
@@ -14,7 +15,6 @@ from compress.ops import (
     unstructured_mask,
     wanda_score,
 )
-from slimscout.errors import ConfigError
 
 
 def test_row_ranks_orders_each_row_ascending() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.errors import ConfigError
 from compress.baselines import build_baseline, owl_outlier_ratios
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, LowRankSpec, QuantSpec, SparsitySpec
 from compress.session import ModelSession
-from slimscout.errors import ConfigError
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from common.errors import BenchmarkError
 from compress.catalog import LoadedModel
 from compress.speed import measure_speed
 from slimscout.cli import main
-from slimscout.errors import BenchmarkError
 
 
 def vocab_size(loaded: LoadedModel) -> int:

@@ -7,12 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from common.errors import ConfigError
 from compress.accounting import model_cost
 from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec
 from compress.session import ModelSession
 from predictor.features import FeatureBuilder
 from predictor.proxy import LayerProxy
-from slimscout.errors import ConfigError
 
 ConfigLayers = dict[str, LayerConfig]
 

@@ -22,6 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 import search.setup
+from common.settings import get_settings
 from search.context import Workbench
 from search.liveness import Heartbeat, Reaper, requeue
 from search.measure_trial import tell_once
@@ -29,7 +30,6 @@ from search.runner import worker_command
 from search.setup import seed_study
 from search.spec import StudySpec
 from search.study import SETUP_ATTR, create_study, is_set_up, normalize_url, optuna_storage
-from slimscout.settings import get_settings
 from tests.search._studies import (
     FINISHED,
     SPEC,

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
-from slimscout.errors import SlimscoutError
+from common.errors import SlimscoutError
 from storage import (
     Artifact,
     IllegalTransitionError,
