@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv and install slimscout with everything it needs, offline models included. Idempotent.
+# Create .venv and install slimscout with everything it needs, offline models included, plus what the
+# tests need outside Python (scripts/setup-test-env.sh: Chromium and its driver, PostgreSQL started).
+# Idempotent. SLIMSCOUT_SKIP_SYSTEM_SETUP=1 skips the system part (no root, or a machine set up by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${SLIMSCOUT_SKIP_SYSTEM_SETUP:-0}" != 1 ]; then
+  bash scripts/setup-test-env.sh
+fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
