@@ -14,6 +14,7 @@ RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 
 # The project (only what it needs: no .venv, no caches, no test data).
 COPY pyproject.toml README.md ./
+COPY common ./common
 COPY slimscout ./slimscout
 COPY compress ./compress
 COPY search ./search

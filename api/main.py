@@ -15,10 +15,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from api import docs
 from api.limits import BodyLimitMiddleware
 from api.optuna_store import OptunaStore
 from api.refusals import install as install_refusals
 from api.routes import dashboard, health, models, studies
+from api.security import SecurityMiddleware
 from api.unavailable import DatabaseUnavailableMiddleware
 from common import __version__
 from common.settings import Settings, get_settings
@@ -42,14 +44,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warm.cancel()
         app.state.optuna.close()
 
-    app = FastAPI(title="slimscout", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="slimscout", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Search per-layer compression configs for language models under a budget.")
     app.state.settings = settings
     app.state.optuna = OptunaStore(settings.storage_url)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(DatabaseUnavailableMiddleware)  # a database outage is a 503 with Retry-After
+    app.add_middleware(SecurityMiddleware)  # outermost: its headers go on every response, refusals included
     install_refusals(app)
     for router in (health.router, models.router, studies.router, dashboard.router):
         app.include_router(router)
+    docs.install(app)  # offline Swagger UI at /docs
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     return app

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     max_trials: int = 1000
     max_eval_tokens: int = 65536
     max_request_bytes: int = 1_000_000
+    # Queued + running studies one token (or everyone, with auth off) may have at once; more is a 429.
+    max_open_studies: int = 20
+    # `slimscout serve`: seconds a client has to send a whole request (headers and body) once it has
+    # begun one, and how long an idle keep-alive connection stays open.
+    request_read_timeout_s: float = 30.0
+    keep_alive_timeout_s: int = 5
     heartbeat_interval_s: int = 10
     torch_threads: int | None = None
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy import CursorResult, Select, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -26,10 +26,12 @@ from storage.models import Artifact, Study, StudyStatus, utcnow
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "IllegalTransitionError",
+    "StudyRunningError",
     "add_artifact",
     "claim_queued_study",
     "count_studies",
     "create_study",
+    "delete_study",
     "end_setup_lease",
     "get_artifact",
     "get_study",
@@ -66,6 +68,14 @@ class IllegalTransitionError(SlimscoutError, ValueError):
         self.study_id = study_id
         self.current = current
         self.requested = requested
+
+
+class StudyRunningError(SlimscoutError, ValueError):
+    """A running study cannot be deleted: its worker is still writing to it."""
+
+    def __init__(self, study_id: str) -> None:
+        super().__init__(f"study {study_id} is running; cancel it first")
+        self.study_id = study_id
 
 
 def hash_token(token: str) -> str:
@@ -359,3 +369,29 @@ def list_artifacts(session: Session, *, study_id: str) -> list[Artifact]:
     """All the study's artifacts, by kind."""
     query = select(Artifact).where(Artifact.study_id == study_id).order_by(Artifact.kind)
     return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def delete_study(session: Session, *, study_id: str) -> Study | None:
+    """Delete a study that is not running, with its artifact rows; the study as it was, or None if none.
+
+    A compare-and-delete (``DELETE ... WHERE status = <the status we saw>``), so a worker claiming
+    a queued study at the same moment either wins (and this raises) or finds no row to claim.
+    Raises ``StudyRunningError`` for a running study. Artifact files and the Optuna study are the
+    caller's to remove.
+    """
+    while True:
+        study = _reload(session, study_id)
+        if study is None:
+            return None
+        if study.status is StudyStatus.RUNNING:
+            raise StudyRunningError(study_id)
+        statement = (
+            delete(Study)
+            .where(Study.id == study_id, Study.status == study.status)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult[Any], session.execute(statement)).rowcount == 1:
+            session.execute(delete(Artifact).where(Artifact.study_id == study_id))  # the cascade's job, unless off
+            session.expunge(study)
+            return study
+        # Its status changed between our read and our delete: re-read and re-check.

@@ -8,13 +8,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from api import study_view
 from api.deps import AUTH_RESPONSES, OptunaDep, OwnerDep, SessionDep, SettingsDep
 from api.jsonbody import StrictJSONRoute
+from api.quota import open_study_slot
 from api.schemas import (
     LayerProfile,
     Message,
@@ -30,9 +31,11 @@ from api.validation import check_study
 from storage import (
     IllegalTransitionError,
     Study,
+    StudyRunningError,
     StudyStatus,
     count_studies,
     create_study,
+    delete_study,
     get_artifact,
     get_study,
     list_studies,
@@ -49,6 +52,14 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 MAX_OFFSET = 2**31 - 1
 TRIAL_STATES = ("complete", "running", "waiting", "fail", "pruned")
 TRIAL_STATE_PATTERN = "^(" + "|".join(TRIAL_STATES) + ")$"
+SHOWN_ID_CHARS = 200  # a study id echoed back in an error: no more than this of whatever the client sent
+
+
+def shown(study_id: str) -> str:
+    """``study_id`` as an error message may echo it: clipped, so a 60,000-character path is not sent back."""
+    if len(study_id) <= SHOWN_ID_CHARS:
+        return study_id
+    return f"{study_id[:SHOWN_ID_CHARS]}... ({len(study_id)} characters)"
 
 
 def study_spec(study: Study) -> dict[str, Any]:
@@ -63,12 +74,14 @@ def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
     """The caller's study, else 404 (another owner's study does not exist, as far as they can tell)."""
     study = get_study(session, study_id=study_id, owner_token_hash=owner)
     if study is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} not found")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {shown(study_id)} not found")
     return study
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic,
-             responses={413: {"model": Message, "description": "the body exceeds SLIMSCOUT_MAX_REQUEST_BYTES"},
+             dependencies=[Depends(open_study_slot)],
+             responses={429: {"model": Message, "description": "the token has SLIMSCOUT_MAX_OPEN_STUDIES open"},
+                        413: {"model": Message, "description": "the body exceeds SLIMSCOUT_MAX_REQUEST_BYTES"},
                         415: {"model": Message, "description": "the body is not declared application/json"},
                         503: {"model": Message, "description": "the Optuna study could not be created"}})
 def create(body: StudyCreate, response: Response, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
@@ -219,8 +232,42 @@ def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> Study:
     except IllegalTransitionError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     if cancelled is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} not found")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {shown(study_id)} not found")
     # Commit before answering: the session's own commit runs after the response is sent, too late to
     # tell the client that the database went away (a 503 then, not a 200 for a cancel that never was).
     session.commit()
     return cancelled
+
+
+@router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               responses={**NOT_FOUND, 409: {"model": Message, "description": "the study is running"}})
+def delete(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDep) -> Response:
+    """Delete a study that is not running, with its Optuna study and trials; 409 while it runs.
+
+    Refused while running rather than cancelled on the way: a worker is writing to it, and a
+    delete should not stop a search as a side effect. Cancel it first (``POST .../cancel``); once its
+    worker lets go (the status leaves ``running``), delete it. Artifact files stay on disk.
+    """
+    study = _owned(session, study_id, owner)
+    try:
+        deleted = delete_study(session, study_id=study.id)
+    except StudyRunningError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    if deleted is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {shown(study_id)} not found")
+    session.commit()  # the row first: once it is gone no worker claims the study, so its Optuna study is free
+    _delete_optuna_study(optuna, deleted.optuna_study_name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _delete_optuna_study(store: OptunaDep, name: str) -> None:
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=store.storage)
+    except KeyError:  # never created (a worker would have, on claiming it)
+        pass
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("Optuna study %s of a deleted study left behind (%s)", name, describe(exc))

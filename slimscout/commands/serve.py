@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.main import create_app
+    from api.server import config as server_config
     from common.errors import SlimscoutError
     from common.settings import get_settings
     from storage import init_db
@@ -85,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     workers: list[subprocess.Popen[bytes]] = []
     try:
         workers = start_workers(url, args.workers)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                                               log_level="info", timeout_graceful_shutdown=5))
+        server = uvicorn.Server(server_config(create_app(settings), settings, host=args.host, port=args.port,
+                                              log_level="info", timeout_graceful_shutdown=5))
         server.run()
     except _Shutdown as stop:
         log.info("received %s; shutting down", stop)

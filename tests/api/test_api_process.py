@@ -27,7 +27,9 @@ with TestClient(create_app()) as client:
                  f"/v1/studies/{sid}/best-config", f"/v1/studies/{sid}/layer-profile",
                  f"/v1/studies/{sid}/checkpoint", "/", f"/studies/{sid}"):
         client.get(path)
+    client.get("/docs")
     client.post(f"/v1/studies/{sid}/cancel")
+    client.delete(f"/v1/studies/{sid}")
     client.app.state.optuna.storage  # the lazily imported part
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "compress"))))
 """
