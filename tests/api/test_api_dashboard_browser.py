@@ -174,3 +174,16 @@ def test_dashboard_follows_a_study_live(server: str, browser: WebDriver, worker:
     screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "dashboard.png")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(screenshot))
+
+
+@pytest.mark.slow
+def test_docs_render_offline_under_the_csp(server: str, browser: WebDriver) -> None:
+    """/docs draws every operation from this server's own assets; the CSP blocks nothing it needs."""
+    browser.get(f"{server}/docs")
+    operations = wait_for(lambda: browser.execute_script("return document.querySelectorAll('.opblock').length"),
+                          what="Swagger UI's operations")
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert operations == sum(len(methods) for methods in paths.values())
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map((r) => r.name)")
+    assert resources and all(name.startswith(server) for name in resources), resources  # nothing from a CDN
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
