@@ -15,10 +15,12 @@ from storage import (
     Artifact,
     IllegalTransitionError,
     Study,
+    StudyRunningError,
     StudyStatus,
     add_artifact,
     count_studies,
     create_study,
+    delete_study,
     get_artifact,
     get_study,
     hash_token,
@@ -300,3 +302,41 @@ def test_naive_datetimes_are_refused(engine: Engine) -> None:
         study = new_study(session)
         study.started_at = datetime(2025, 1, 1)
         session.flush()
+
+
+@pytest.mark.parametrize("status", [StudyStatus.QUEUED, *FINISHED])
+def test_delete_study_unless_running(engine: Engine, status: StudyStatus) -> None:
+    with session_scope(engine) as session:
+        study = new_study(session)
+        add_artifact(session, study_id=study.id, kind="config", path="/tmp/c.json", size_bytes=2, sha256="0" * 64)
+        if status is not StudyStatus.QUEUED:
+            set_status(session, study_id=study.id, status=StudyStatus.RUNNING)
+            set_status(session, study_id=study.id, status=status)
+        study_id = study.id
+    with session_scope(engine) as session:
+        deleted = delete_study(session, study_id=study_id)
+        assert deleted is not None and deleted.id == study_id and deleted.status is status
+    with session_scope(engine) as session:
+        assert get_study(session, study_id=study_id) is None
+        assert list_artifacts(session, study_id=study_id) == []
+        assert delete_study(session, study_id=study_id) is None
+
+
+def test_delete_study_refuses_a_running_one_even_from_a_session_that_saw_it_queued(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        study_id = new_study(session).id
+        set_status(session, study_id=study_id, status=StudyStatus.RUNNING)
+    with session_scope(engine) as session, pytest.raises(StudyRunningError, match="cancel it first"):
+        delete_study(session, study_id=study_id)
+    # A session that read the study while queued; a worker claims it since: the delete goes by the database.
+    with session_scope(engine) as session:
+        set_status(session, study_id=study_id, status=StudyStatus.QUEUED)
+    with session_scope(engine) as reader:
+        stale = get_study(reader, study_id=study_id)
+        assert stale is not None and stale.status is StudyStatus.QUEUED
+        with session_scope(engine) as worker:
+            set_status(worker, study_id=study_id, status=StudyStatus.RUNNING)
+        with pytest.raises(StudyRunningError):
+            delete_study(reader, study_id=study_id)
+    with session_scope(engine) as session:
+        assert get_study(session, study_id=study_id) is not None
