@@ -206,7 +206,7 @@ def baselines(study: Study, seen: TrialDigest) -> dict[str, Point]:
 def progress(study: Study, seen: TrialDigest) -> Progress:
     """Done = complete + pruned; ETA = mean completed-trial duration x remaining / active workers."""
     done = seen.counts["n_complete"] + seen.counts["n_pruned"]
-    remaining = max(study.n_trials - done, 0)
+    remaining = max(study.spec["n_trials"] - done, 0)
     mean_s, active = seen.mean_trial_s, seen.active_workers
     eta: float | None
     if study.status is StudyStatus.COMPLETED or remaining == 0:
@@ -217,7 +217,7 @@ def progress(study: Study, seen: TrialDigest) -> Progress:
         eta = mean_s * remaining / active
     else:  # nothing measured yet, or nobody is working on it right now
         eta = number((study.summary or {}).get("eta_s"))
-    return Progress(done=done, total=study.n_trials, fraction=min(done / max(study.n_trials, 1), 1.0),
+    return Progress(done=done, total=study.spec["n_trials"], fraction=min(done / max(study.spec["n_trials"], 1), 1.0),
                     mean_trial_s=mean_s, active_workers=active, eta_s=eta)
 
 

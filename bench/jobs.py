@@ -83,8 +83,8 @@ def predictor_quality(*, studies: list[str], sizes: list[int], repeats: int = 5,
 
     from compress.config import config_from_dict
     from search.context import Workbench
-    from search.guided import Guide
     from search.spec import StudySpec
+    from search.strategies.guided import Guide
     from search.study import SPEC_ATTR
 
     trials, specs = [], []

@@ -56,7 +56,8 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
     space = bench.space(spec)
     started = time.perf_counter()
     params = space.suggest(trial)
-    source = trial.user_attrs.get("source", "sampler")
+    # Enqueued trials say who picked them (baseline:..., predictor); the rest come from the strategy's sampler.
+    source = trial.user_attrs.get("source", f"sampler:{spec.strategy}")
     seed_config = trial.user_attrs.get("seed_config")
     if seed_config is not None:
         config = config_from_dict(seed_config)
@@ -78,7 +79,7 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
             score = metrics.score(spec.objective)
             retry_db(lambda: trial.report(score, step), what=f"reporting trial {trial.number}")  # noqa: B023
             # Seeds and screened candidates are already the promising few: measure them fully.
-            if source == "sampler" and retry_db(trial.should_prune, what=f"pruning trial {trial.number}"):
+            if source.startswith("sampler") and retry_db(trial.should_prune, what=f"pruning trial {trial.number}"):
                 state = TrialState.PRUNED
                 break
     assert metrics is not None

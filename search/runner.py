@@ -12,11 +12,11 @@ from typing import Any
 
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
-from search.guided import make_guide
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
+from search.strategies import Proposer
 from search.study import best_trial, counts, create_study, load_study, normalize_url
-from search.worker import Guide, work_on_study
+from search.worker import work_on_study
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,13 @@ def run_search(
     study_name: str,
     workers: int = 0,
     bench: Workbench | None = None,
-    guide: Guide | None = None,
+    guide: Proposer | None = None,
     on_status: Callable[[str], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     url = normalize_url(storage_url)
     bench = bench or Workbench()
-    if guide is None and spec.strategy == "guided":
-        guide = make_guide()
     study = create_study(url, study_name, spec)
     seed_study(study, spec, bench, on_step=on_status)
     if on_status:

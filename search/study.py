@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from common.settings import get_settings
 from search.liveness import grace_period_s
 from search.spec import StudySpec
+from search.strategies import get_strategy
 from storage.db import normalize_url as storage_url
 from storage.db import session_scope
 from storage.retry import retry_db
@@ -105,10 +106,7 @@ def _serialize_sqlite_transactions(engine: sqlalchemy.Engine) -> None:
 
 
 def make_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    seed = spec.seed + 1000 * worker_index
-    if spec.strategy == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8, constant_liar=True)
+    return get_strategy(spec.strategy).sampler(spec, worker_index)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

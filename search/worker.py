@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from search.context import Workbench
 from search.liveness import Reaper
 from search.measure_trial import measure_trial, tell_once, worker_id
+from search.strategies import Proposer, get_strategy
 from search.study import counts, load_study, slot_of, wait_for_setup
 from storage.retry import Backoff, retry_db
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 
 TrialHook = Callable[[int, TrialState], None]
-Guide = Callable[..., int]
 
 
 def claim(study: optuna.Study) -> optuna.Trial:
@@ -61,12 +61,17 @@ def work_on_study(
     stop: threading.Event | None = None,
     worker_index: int = 0,
     on_trial: TrialHook | None = None,
-    guide: Guide | None = None,
+    guide: Proposer | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> int:
-    """Measure trials of one study until it has ``n_trials`` finished ones. Returns how many we measured."""
+    """Measure trials of one study until it has ``n_trials`` finished ones. Returns how many we measured.
+
+    ``guide``: the proposer to run when the queue is empty (default: the study's strategy's own).
+    """
     stop = stop or threading.Event()
     study, spec = retry_db(lambda: load_study(url, name, worker_index), what=f"loading study {name}")
+    if guide is None:
+        guide = get_strategy(spec.strategy).proposer()
     wait_for_setup(study)
     mine = 0
     backoff = Backoff()

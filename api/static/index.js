@@ -48,8 +48,8 @@
       return `<tr>
         <td><a href="/studies/${encodeURIComponent(s.id)}">${Slim.esc(s.id)}</a></td>
         <td><span class="badge ${Slim.esc(s.status)}">${Slim.esc(s.status)}</span></td>
-        <td>${Slim.esc(s.model_id)}</td><td class="num">${Slim.num(s.budget, 3)}</td>
-        <td>${Slim.esc(s.operators.join(", "))}</td><td class="num">${s.n_trials}</td>
+        <td>${Slim.esc(s.spec.model_id)}</td><td class="num">${Slim.num(s.spec.budget, 3)}</td>
+        <td>${Slim.esc(s.spec.operators.join(", "))}</td><td class="num">${s.spec.n_trials}</td>
         <td class="num">${Slim.num(best.ppl)}</td><td class="num">${Slim.pct(best.keep_ratio)}</td>
         <td>${Slim.when(s.created_at)}</td></tr>`;
     }).join("") || `<tr><td colspan="9" class="empty">No studies yet.</td></tr>`;

@@ -19,8 +19,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from common.settings import get_settings
     from search.context import Workbench
-    from search.guided import make_guide
-    from search.study import load_study
     from search.worker import work_on_study
 
     url = args.storage or get_settings().storage_url
@@ -33,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, graceful)
     bench = Workbench()
     if args.study:
-        _, spec = load_study(url, args.study)
-        guide = make_guide() if spec.strategy == "guided" else None
-        work_on_study(url, args.study, bench, stop=stop, worker_index=args.index, guide=guide)
+        work_on_study(url, args.study, bench, stop=stop, worker_index=args.index)
         return 0
     from search.service_worker import serve_studies
 

@@ -34,6 +34,7 @@ from predictor.xgb import XGBPredictor
 from search.context import Workbench
 from search.space import SearchSpace, to_config
 from search.spec import StudySpec
+from search.strategies.tpe import tpe_sampler
 from search.study import SPEC_ATTR, Counts, measured
 
 log = logging.getLogger(__name__)
@@ -247,5 +248,15 @@ class Guide:
         study.set_user_attr(PREDICTOR_ATTR, report)
 
 
-def make_guide() -> Guide:
-    return Guide()
+@dataclass(frozen=True)
+class GuidedStrategy:
+    """TPE proposes until the predictor has data; then the guide screens and enqueues between asks."""
+
+    def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+        return tpe_sampler(spec, worker_index)
+
+    def proposer(self) -> Guide:
+        return Guide()
+
+
+STRATEGY = GuidedStrategy()
