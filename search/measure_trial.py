@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from compress.config import config_from_dict
 from search.context import Workbench
-from search.liveness import Heartbeat, rdb_of
+from search.liveness import Heartbeat
+from search.optuna_adapter import rdb_of, trial_id, trial_state
 from search.spec import StudySpec
 from storage.retry import is_transient, retry_db
 
@@ -41,7 +42,7 @@ def measure_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ben
     """
     interval = rdb_of(study).heartbeat_interval
     assert interval is not None
-    with Heartbeat(study, trial._trial_id, interval):
+    with Heartbeat(study, trial_id(trial), interval):
         try:
             return _measure(study, trial, spec, bench)
         except Exception as exc:
@@ -112,14 +113,14 @@ def tell_once(study: optuna.Study, trial: optuna.Trial, state: TrialState, value
     """
 
     def attempt() -> TrialState:
-        current = study._storage.get_trial(trial._trial_id).state
+        current = trial_state(study, trial)
         if current.is_finished():
             return current
         try:
             # state=None for a value: Optuna stores a value it cannot accept (NaN) as a failed trial.
             return study.tell(trial, value, state=None if state == TrialState.COMPLETE else state).state
         except (UpdateFinishedTrialError, ValueError):
-            current = study._storage.get_trial(trial._trial_id).state
+            current = trial_state(study, trial)
             if not current.is_finished():
                 raise  # a bad value, not a race
             return current

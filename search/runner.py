@@ -12,10 +12,11 @@ from typing import Any
 
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
+from search.optuna_adapter import storage_url as normalize_url
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
 from search.strategies import Proposer
-from search.study import best_trial, counts, create_study, load_study, normalize_url
+from search.study import best_trial, counts, create_study, load_study
 from search.worker import work_on_study
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,9 @@ from compress.baselines import BaselineResult, build_baseline
 from compress.budget import SPARSITY_OPERATORS, check_operators
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
+from search.optuna_adapter import SETUP_ATTR, SUMMARY_ATTR
 from search.spec import StudySpec
-from search.study import SETUP_ATTR, SUMMARY_ATTR, best_trial, measured
+from search.study import best_trial, measured
 
 log = logging.getLogger(__name__)
 
