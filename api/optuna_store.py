@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from api.study_view import IncrementalDigest, TrialDigest
+from search.trial_digest import IncrementalDigest, TrialDigest
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage, RDBStorage

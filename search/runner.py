@@ -12,6 +12,7 @@ from typing import Any
 
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
+from search.optuna_adapter import SUMMARY_ATTR
 from search.optuna_adapter import storage_url as normalize_url
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
@@ -78,6 +79,7 @@ def run_search(
     if on_status:
         on_status("re-measuring on holdout")
     summary = finalize(study, spec, bench)
+    study.set_user_attr(SUMMARY_ATTR, summary)  # a CLI study has no row: its summary is kept with the study
     best = best_trial(study)
     summary["seconds"] = time.perf_counter() - started
     summary["n_trials"] = spec.n_trials
