@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     max_eval_tokens: int = 65536
     max_request_bytes: int = 1_000_000
     heartbeat_interval_s: int = 10
-    torch_threads: int | None = None
 
 
 @lru_cache(maxsize=1)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from compress.config import CompressionConfig, config_from_dict
+from search import worker_process
 from search.context import Workbench
 from search.optuna_adapter import SUMMARY_ATTR
 from search.optuna_adapter import storage_url as normalize_url
@@ -38,7 +38,8 @@ class Progress:
 
 
 def worker_command(url: str, name: str, index: int) -> list[str]:
-    return [sys.executable, "-m", "slimscout.cli", "worker", "--storage", url, "--study", name, "--index", str(index)]
+    """A worker process on the study ``name`` (a Python process of its own, not the CLI)."""
+    return worker_process.command(url, name, index)
 
 
 def run_search(
