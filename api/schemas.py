@@ -133,6 +133,7 @@ class ModelsPublic(BaseModel):
     local: list[LocalModel]
     operators: list[str]
     granularities: list[str]
+    strategies: list[str]
 
 
 class Message(BaseModel):

@@ -9,6 +9,7 @@ from api.schemas import CatalogModel, LocalModel, ModelsPublic
 from compress.catalog_entries import CATALOG
 from compress.registry import OPERATOR_NAMES
 from search.spec import GRANULARITIES
+from search.strategies import STRATEGY_NAMES
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=AUTH_RESPONSES)
 
@@ -30,4 +31,5 @@ def models(settings: SettingsDep, _owner: OwnerDep) -> ModelsPublic:
         catalog=[CatalogModel(model_id=entry.model_id, kind=entry.kind, description=entry.description)
                  for entry in CATALOG.values()],
         model_roots=[str(root) for root in settings.model_roots], local=local,
-        operators=list(OPERATOR_NAMES), granularities=list(GRANULARITIES))
+        operators=list(OPERATOR_NAMES), granularities=list(GRANULARITIES),
+        strategies=list(STRATEGY_NAMES))

@@ -47,6 +47,7 @@ def test_the_api_the_cli_and_the_registries_share_one_vocabulary(client: TestCli
     assert _enum(schema, "baselines") == BASELINE_METHODS
     models = client.get("/v1/models").json()
     assert tuple(models["operators"]) == OPERATOR_NAMES and tuple(models["granularities"]) == GRANULARITIES
+    assert tuple(models["strategies"]) == STRATEGY_NAMES
 
 
 def test_the_cli_and_its_defaults_are_the_spec() -> None:
