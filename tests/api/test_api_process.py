@@ -94,7 +94,7 @@ def test_serve_starts_workers_and_stops_them(tmp_path: Path, workers: int, stop_
         created = httpx.post(f"http://127.0.0.1:{port}/v1/studies",
                              json={"model_id": "tiny-llama", "budget": 0.5})
         assert created.status_code == 201
-        children = [pid for pid, cmd in children_of(process.pid) if "slimscout.cli worker --storage" in cmd]
+        children = [pid for pid, cmd in children_of(process.pid) if "search.worker_process --storage" in cmd]
         assert len(children) == workers
         process.send_signal(stop_with)
         assert process.wait(timeout=60) == 0, log.read_text()
