@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from api.study_view import IncrementalDigest, TrialDigest
-from storage import normalize_url
+from search.trial_digest import IncrementalDigest, TrialDigest
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage, RDBStorage
@@ -23,20 +19,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPEC_ATTR = "slimscout"
-TABLE_RACE_ATTEMPTS = 5
-
-
-def optuna_url(url: str) -> str:
-    """The storage URL as Optuna needs it (bare postgresql:// gets the psycopg 3 driver, as ours does)."""
-    return normalize_url(url).render_as_string(hide_password=False)
-
 
 class OptunaStore:
     """Creates studies and reads their trials; safe to share between request threads."""
 
     def __init__(self, url: str) -> None:
-        self.url = optuna_url(url)
+        self.url = url
         self._storage: BaseStorage | None = None
         self._rdb: RDBStorage | None = None
         self._lock = threading.Lock()
@@ -52,27 +40,10 @@ class OptunaStore:
         return self._storage
 
     def _open(self) -> BaseStorage:
-        import optuna
+        from search import optuna_adapter
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        backend = normalize_url(self.url).get_backend_name()
-        engine_kwargs: dict[str, Any] = {}
-        if backend == "sqlite":
-            engine_kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}}
-        elif backend == "postgresql":
-            engine_kwargs = {"pool_pre_ping": True}
-        for attempt in range(TABLE_RACE_ATTEMPTS):
-            try:
-                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs)
-                break
-            except SQLAlchemyError:
-                # On a fresh database a worker may be creating Optuna's tables right now: ours lose
-                # the race with "already exists". Once they exist, opening just checks them.
-                if attempt == TABLE_RACE_ATTEMPTS - 1:
-                    raise
-                log.info("Optuna's tables are being created by another process; retrying")
-                time.sleep(0.2 * (attempt + 1))
-        return optuna.storages.get_storage(self._rdb)  # the RDB storage behind Optuna's trial cache
+        self._rdb = optuna_adapter.open_rdb(self.url, serialize_sqlite=False)  # the API only reads and creates
+        return optuna_adapter.cached(self._rdb)
 
     def warm(self) -> None:
         """Import Optuna and open the storage now rather than on the first request."""
@@ -94,9 +65,11 @@ class OptunaStore:
         """Create (or join, if a worker got there first) the study and record its spec."""
         import optuna
 
+        from search.optuna_adapter import SPEC_ATTR
+
         study = optuna.create_study(storage=self.storage, study_name=name, direction="minimize",
                                     load_if_exists=True)
-        if SPEC_ATTR not in study.user_attrs:  # a worker's fuller spec (defaults filled in) stays
+        if SPEC_ATTR not in study.user_attrs:  # a spec a worker stored first stays
             study.set_user_attr(SPEC_ATTR, spec)
 
     def _study_id(self, name: str) -> int | None:
@@ -123,7 +96,9 @@ class OptunaStore:
         except KeyError:  # deleted behind our back
             self._study_ids.pop(name, None)
             return []
-        return [trial for trial in trials if not trial.user_attrs.get("surplus")]
+        from search.optuna_adapter import live
+
+        return live(trials)
 
     def digest(self, name: str, trials: list[FrozenTrial]) -> TrialDigest:
         """Counts, best, baselines and timings of ``trials`` (this study's, from ``trials(name)``)."""

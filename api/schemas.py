@@ -3,53 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
-Operator = Literal["wanda", "magnitude", "svd", "svd-whitened", "nm-2:4", "nm-4:8", "int8", "int4", "sdq"]
-Granularity = Literal["uniform", "type", "block", "type-block", "layer"]
-Objective = Literal["ppl", "kl", "cosine"]
-OPERATORS: tuple[str, ...] = get_args(Operator)
-GRANULARITIES: tuple[str, ...] = get_args(Granularity)
-
-
-class StudyCreate(BaseModel):
-    """What a user asks for. Limits that depend on the server's settings are checked in the route."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_id: Annotated[str, Field(min_length=1, max_length=1024)]
-    budget: Annotated[float, Field(gt=0.0, le=1.0, description="kept fraction of linear-layer parameters")]
-    operators: Annotated[list[Operator], Field(min_length=1, max_length=len(OPERATORS))] = ["wanda"]
-    granularity: Granularity = "type-block"
-    n_trials: Annotated[int, Field(ge=1)] = 100
-    dataset: Annotated[str, Field(min_length=1, max_length=256)] = "lee-news"
-    eval_tokens: Annotated[int, Field(ge=2)] = 2048
-    objective: Objective = "kl"
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
-    warm_start: bool = Field(
-        default=True, description="start the accuracy predictor from earlier studies on this server with the same "
-                                  "model, dataset, eval_tokens and objective (any budget or granularity)")
-    trust_remote_code: bool = Field(
-        default=False, description="the model needs its own Python code; refused unless the operator set "
-                                   "SLIMSCOUT_TRUST_REMOTE_CODE (the workers' setting decides, not this field)")
-
-    @field_validator("model_id", "dataset")
-    @classmethod
-    def _printable(cls, text: str) -> str:
-        control = next((ch for ch in text if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
-        if control is not None:
-            raise ValueError(f"control characters are not allowed (found U+{ord(control):04X})")
-        return text
-
-    @field_validator("operators")
-    @classmethod
-    def _no_repeats(cls, operators: list[str]) -> list[str]:
-        repeated = sorted({op for op in operators if operators.count(op) > 1})
-        if repeated:
-            raise ValueError(f"operators listed more than once: {', '.join(repeated)}")
-        return operators
+from search.spec import StudySpec
+from storage import Study
 
 
 class Point(BaseModel):
@@ -64,27 +23,23 @@ class Point(BaseModel):
 
 
 class StudyPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    """A study: its state, and the spec it was created with as stored (every option, defaults filled in)."""
 
     id: str
     status: str
-    model_id: str
-    dataset: str
-    split: str
-    budget: float
-    operators: list[str]
-    granularity: str
-    n_trials: int
-    eval_tokens: int
-    objective: str
-    seed: int
-    warm_start: bool
+    spec: StudySpec
     optuna_study_name: str
     error: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+    @classmethod
+    def of(cls, study: Study) -> Self:
+        return cls(id=study.id, status=study.status.value, spec=StudySpec.from_dict(study.spec),
+                   optuna_study_name=study.optuna_study_name, error=study.error, created_at=study.created_at,
+                   started_at=study.started_at, finished_at=study.finished_at, updated_at=study.updated_at)
 
 
 class StudyListItem(StudyPublic):
@@ -178,6 +133,7 @@ class ModelsPublic(BaseModel):
     local: list[LocalModel]
     operators: list[str]
     granularities: list[str]
+    strategies: list[str]
 
 
 class Message(BaseModel):

@@ -6,15 +6,13 @@ Trials carry the user attributes the workers write (docs/DESIGN.md): ``source``,
 
 from __future__ import annotations
 
-import math
 import re
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from api.schemas import LayerProfile, Point, Progress, TrialCounts, TrialPublic
+from search.trial_digest import TrialDigest, digest, number
 from storage import Study, StudyStatus
 
 if TYPE_CHECKING:
@@ -22,19 +20,8 @@ if TYPE_CHECKING:
 
 ProfileSource = Literal["meta.layer_keep", "derived", "none"]
 
-# Optuna's TrialState names -> our count fields.
-_COUNT_FIELDS = {"COMPLETE": "n_complete", "RUNNING": "n_running", "WAITING": "n_waiting",
-                 "FAIL": "n_failed", "PRUNED": "n_pruned"}
 # "model.layers.3.self_attn.q_proj" -> block 3, type "self_attn.q_proj" (and BERT's layer.N, GPT's h.N).
 _BLOCK_NAME = re.compile(r"^(?:.*\.)?(?:layers|layer|h|blocks)\.(?P<block>\d+)\.(?P<type>.+)$")
-
-
-def number(value: Any) -> float | None:
-    """A finite float, or None (JSON has no NaN; missing and malformed attributes read as None)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def integer(value: Any) -> int | None:
@@ -63,93 +50,6 @@ def trial_public(trial: FrozenTrial) -> TrialPublic:
         bytes=integer(attrs.get("bytes")), n_tokens=integer(attrs.get("n_tokens")),
         datetime_start=utc(trial.datetime_start), datetime_complete=utc(trial.datetime_complete),
     )
-
-
-@dataclass
-class TrialDigest:
-    """What the detail needs from the trials, gathered in one pass (a poll must stay cheap at 1000 trials)."""
-
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNT_FIELDS.values(), 0))
-    best: FrozenTrial | None = None
-    baselines: dict[str, FrozenTrial] = field(default_factory=dict)
-    completed_s: float = 0.0
-    n_timed: int = 0
-    n_running: int = 0
-    workers: set[str] = field(default_factory=set)
-
-    @property
-    def mean_trial_s(self) -> float | None:
-        return self.completed_s / self.n_timed if self.n_timed else None
-
-    @property
-    def active_workers(self) -> int:
-        return len(self.workers) or self.n_running
-
-
-def _fold(seen: TrialDigest, trial: FrozenTrial) -> None:
-    """Count one trial into ``seen``. Ties for the best go to the earlier trial; a rerun baseline replaces
-    the earlier measurement."""
-    state = trial.state.name
-    count = _COUNT_FIELDS.get(state)
-    if count is not None:
-        seen.counts[count] += 1
-    if state == "RUNNING":
-        seen.n_running += 1
-        worker = trial.user_attrs.get("worker")
-        if isinstance(worker, str) and worker:
-            seen.workers.add(worker)
-        return
-    if state != "COMPLETE":
-        return
-    if trial.datetime_start is not None and trial.datetime_complete is not None:
-        seen.completed_s += (trial.datetime_complete - trial.datetime_start).total_seconds()
-        seen.n_timed += 1
-    value = number(trial.value)
-    if value is None:
-        return
-    best = seen.best
-    if best is None or (value, trial.number) < (number(best.value), best.number):
-        seen.best = trial
-    source = trial.user_attrs.get("source")
-    if isinstance(source, str) and source.startswith("baseline:"):
-        name = source.removeprefix("baseline:")
-        if name not in seen.baselines or trial.number > seen.baselines[name].number:  # the latest rerun
-            seen.baselines[name] = trial
-
-
-def digest(trials: Sequence[FrozenTrial]) -> TrialDigest:
-    seen = TrialDigest()
-    for trial in trials:
-        _fold(seen, trial)
-    return seen
-
-
-class IncrementalDigest:
-    """One study's digest that folds each finished trial in once: Optuna never changes a finished trial,
-    so a poll costs a set lookup per trial plus the work on new and unfinished ones."""
-
-    def __init__(self) -> None:
-        self._finished = TrialDigest()
-        self._folded: set[int] = set()
-        self._lock = threading.Lock()
-
-    def update(self, trials: Sequence[FrozenTrial]) -> TrialDigest:
-        with self._lock:
-            unfinished = []
-            for trial in trials:
-                if trial.number in self._folded:
-                    continue
-                if trial.state.is_finished():
-                    _fold(self._finished, trial)
-                    self._folded.add(trial.number)
-                else:
-                    unfinished.append(trial)
-            done = self._finished
-            seen = TrialDigest(counts=dict(done.counts), best=done.best, baselines=dict(done.baselines),
-                               completed_s=done.completed_s, n_timed=done.n_timed)
-        for trial in unfinished:
-            _fold(seen, trial)
-        return seen
 
 
 def counts(seen: TrialDigest) -> TrialCounts:
@@ -206,7 +106,7 @@ def baselines(study: Study, seen: TrialDigest) -> dict[str, Point]:
 def progress(study: Study, seen: TrialDigest) -> Progress:
     """Done = complete + pruned; ETA = mean completed-trial duration x remaining / active workers."""
     done = seen.counts["n_complete"] + seen.counts["n_pruned"]
-    remaining = max(study.n_trials - done, 0)
+    remaining = max(study.spec["n_trials"] - done, 0)
     mean_s, active = seen.mean_trial_s, seen.active_workers
     eta: float | None
     if study.status is StudyStatus.COMPLETED or remaining == 0:
@@ -217,7 +117,7 @@ def progress(study: Study, seen: TrialDigest) -> Progress:
         eta = mean_s * remaining / active
     else:  # nothing measured yet, or nobody is working on it right now
         eta = number((study.summary or {}).get("eta_s"))
-    return Progress(done=done, total=study.n_trials, fraction=min(done / max(study.n_trials, 1), 1.0),
+    return Progress(done=done, total=study.spec["n_trials"], fraction=min(done / max(study.spec["n_trials"], 1), 1.0),
                     mean_trial_s=mean_s, active_workers=active, eta_s=eta)
 
 

@@ -6,18 +6,16 @@ one 422 format whatever went wrong.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from api.schemas import StudyCreate
 from common.errors import SlimscoutError
 from common.settings import Settings
 from compress.catalog_entries import CATALOG
 from compress.model_dir import check_model_dir
+from search.spec import HUB_DATASET, StudySpec
 
 BUILTIN_DATASETS = ("lee-news",)
-HUB_DATASET = re.compile(r"^hf:[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(:[\w.\-]+)?$")
 DATA_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -77,7 +75,7 @@ def resolve_dataset(dataset: str, settings: Settings) -> str | None:
     return str(path)
 
 
-def check_study(body: StudyCreate, settings: Settings) -> tuple[StudyCreate, list[dict[str, Any]]]:
+def check_study(body: StudySpec, settings: Settings) -> tuple[StudySpec, list[dict[str, Any]]]:
     """``body`` with model and dataset resolved, and the errors found (empty when it is acceptable)."""
     errors: list[dict[str, Any]] = []
     model_id, refusal = resolve_model_id(body.model_id, settings)
@@ -90,9 +88,14 @@ def check_study(body: StudyCreate, settings: Settings) -> tuple[StudyCreate, lis
                                        f".txt/.jsonl file inside a data root ({roots})", body.dataset))
     if body.n_trials > settings.max_trials:
         errors.append(error("n_trials", f"at most {settings.max_trials} trials per study", body.n_trials))
-    if body.eval_tokens > settings.max_eval_tokens:
-        errors.append(error("eval_tokens", f"at most {settings.max_eval_tokens} evaluation tokens",
-                            body.eval_tokens))
+    for field in ("eval_tokens", "holdout_tokens", "sensitivity_tokens"):
+        # The holdout and sensitivity passes run once per study: a server's limit never refuses their defaults.
+        limit = settings.max_eval_tokens
+        if field != "eval_tokens":
+            limit = max(limit, StudySpec.model_fields[field].default)
+        tokens = getattr(body, field)
+        if tokens > limit:
+            errors.append(error(field, f"at most {limit} evaluation tokens", tokens))
     if body.trust_remote_code and not settings.trust_remote_code:
         errors.append(error("trust_remote_code", "this server does not run model code from model directories "
                                                  "(the operator has not set SLIMSCOUT_TRUST_REMOTE_CODE)", True))

@@ -83,9 +83,9 @@ def predictor_quality(*, studies: list[str], sizes: list[int], repeats: int = 5,
 
     from compress.config import config_from_dict
     from search.context import Workbench
-    from search.guided import Guide
+    from search.optuna_adapter import SPEC_ATTR
     from search.spec import StudySpec
-    from search.study import SPEC_ATTR
+    from search.strategies.guided import Guide
 
     trials, specs = [], []
     stored = set(optuna.get_all_study_names(storage))

@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = 30.0
     keep_alive_timeout_s: int = 5
     heartbeat_interval_s: int = 10
-    torch_threads: int | None = None
 
 
 @lru_cache(maxsize=1)

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError
+from compress.baseline_methods import BASELINE_METHODS
 from compress.budget import Allocation, check_operators, layer_config, logit_family, project_to_budget
 from compress.config import CompressionConfig
 from compress.session import ModelSession
 
 log = logging.getLogger(__name__)
-METHODS = ("uniform", "owl", "sensitivity")
+METHODS = BASELINE_METHODS
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
+from sklearn.model_selection import KFold
 
 from .base import Predictor, check_Xy
 
@@ -33,7 +34,8 @@ def cross_validated_quality(X: np.ndarray, y: np.ndarray, predictor_factory: Cal
     n_folds = min(folds, n)
     order = np.random.default_rng(seed).permutation(n)
     predicted = np.empty(n)
-    for held in np.array_split(order, n_folds):
+    for _, held_at in KFold(n_folds).split(order):  # contiguous folds of the shuffled order
+        held = order[held_at]
         train = np.setdiff1d(order, held)
         model = predictor_factory().fit(X[train], y[train])
         predicted[held] = model.predict(X[held])

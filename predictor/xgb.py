@@ -34,12 +34,12 @@ Features never depend on the budget or granularity, so a prior from one budget a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
 import xgboost as xgb
+from sklearn.linear_model import Ridge, RidgeCV
 
 from .base import Predictor, check_X, check_Xy
 
@@ -99,7 +99,7 @@ def _standardize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loo_alpha(Z: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> float:
-    """Ridge strength by leave-one-out error (closed form via one SVD), with the one-standard-error rule.
+    """Ridge strength by leave-one-out error (scikit-learn's closed form), with the one-standard-error rule.
 
     The strongest ``alpha`` whose LOO error is within one standard error of the best: with about as
     many samples as (collinear) features the plain minimum is noisy and sometimes picks a nearly
@@ -108,16 +108,8 @@ def _loo_alpha(Z: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> float:
     n = Z.shape[0]
     if n < 3:
         return DEFAULT_ALPHA
-    Zc, yc = Z - Z.mean(axis=0), y - y.mean()
-    u, s, _ = np.linalg.svd(Zc, full_matrices=False)
-    uty = u.T @ yc
     grid = sorted(float(a) for a in alphas)
-    losses = np.empty((len(grid), n))
-    for i, alpha in enumerate(grid):
-        shrink = s**2 / (s**2 + alpha)
-        fitted = u @ (shrink * uty)
-        leverage = (u**2) @ shrink + 1.0 / n  # the intercept's leverage too
-        losses[i] = ((yc - fitted) / np.clip(1.0 - leverage, 1e-6, None)) ** 2
+    losses = RidgeCV(alphas=grid, store_cv_results=True).fit(Z, y).cv_results_.T  # squared LOO errors [alpha, n]
     mean = losses.mean(axis=1)
     best = int(np.argmin(mean))
     limit = mean[best] + losses[best].std(ddof=1) / np.sqrt(n)
@@ -125,19 +117,12 @@ def _loo_alpha(Z: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> float:
 
 
 def _weighted_ridge(Z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    total = w.sum()
-    zm = (w @ Z) / total
-    ym = float(w @ y) / total
-    Zc, yc = Z - zm, y - ym
-    gram = Zc.T @ (Zc * w[:, None]) + alpha * np.eye(Z.shape[1])
-    beta = np.linalg.solve(gram, Zc.T @ (w * yc))
-    return beta, ym - float(zm @ beta)
+    model = Ridge(alpha=alpha).fit(Z, y, sample_weight=w)
+    return np.asarray(model.coef_, dtype=np.float64), float(model.intercept_)
 
 
 class XGBPredictor(Predictor):
     """Bootstrap ensemble of (ridge + XGBoost residual) models; see the module docstring."""
-
-    kind = "xgb"
 
     def __init__(self, *, n_models: int = 8, max_depth: int = 2, n_estimators: int = 200,
                  learning_rate: float = 0.05, subsample: float = 0.8, colsample_bytree: float = 0.8,
@@ -230,42 +215,3 @@ class XGBPredictor(Predictor):
     def predict_with_uncertainty(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         members = self._members(X)
         return members.mean(axis=0), members.std(axis=0)
-
-    # -- persistence ---------------------------------------------------------------------------
-    def _save_to(self, directory: Path) -> dict[str, Any]:
-        if self._impute is None:
-            raise ValueError("cannot save an unfitted predictor")
-        members = []
-        for i, (base, booster) in enumerate(zip(self._linear, self._boosters, strict=True)):
-            file = None
-            if booster is not None:
-                file = f"member-{i}.json"
-                booster.save_model(str(directory / file))
-            members.append({"coef": [float(c) for c in base.coef], "intercept": float(base.intercept),
-                            "booster": file})
-        if self.prior is not None:
-            self.prior.save(directory / "prior")
-        return {"params": asdict(self.params), "n_features": self.n_features, "n_train": self.n_train,
-                "feature_names": self.feature_names, "alpha": self.alpha,
-                "impute": [float(v) for v in self._impute], "members": members,
-                "prior": "prior" if self.prior is not None else None}
-
-    @classmethod
-    def _load_from(cls, directory: Path, meta: dict[str, Any]) -> Self:
-        try:
-            prior = Predictor.load(directory / meta["prior"]) if meta["prior"] else None
-            self = cls(**meta["params"], prior=prior, feature_names=meta["feature_names"])
-            self.n_features, self.n_train = int(meta["n_features"]), int(meta["n_train"])
-            self.alpha = None if meta["alpha"] is None else float(meta["alpha"])
-            self._impute = np.asarray(meta["impute"], dtype=np.float64)
-            for member in meta["members"]:
-                coef = np.asarray(member["coef"], dtype=np.float64)
-                self._linear.append(_Linear(coef, float(member["intercept"])))
-                booster = None
-                if member["booster"] is not None:
-                    booster = xgb.Booster()
-                    booster.load_model(str(directory / Path(member["booster"]).name))
-                self._boosters.append(booster)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{directory}: malformed XGBPredictor metadata ({exc!r})") from None
-        return self

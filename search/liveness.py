@@ -18,18 +18,23 @@ import logging
 import math
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Self
 
 import optuna
-import sqlalchemy
-import sqlalchemy.orm
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RDBStorage
-from optuna.storages._rdb import models as rdb_models
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from storage.db import session_scope
+from search.optuna_adapter import (
+    SURPLUS_ATTR,
+    fail_if_running,
+    is_surplus,
+    rdb_of,
+    record_heartbeat,
+    running_trials,
+    study_id,
+    trial_by_id,
+)
 from storage.retry import is_transient, retry_db
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,7 @@ log = logging.getLogger(__name__)
 #: How many times one measurement is re-queued after its worker died (then it stays failed).
 MAX_RETRY = 2
 #: User attributes a re-queued copy does not inherit: they describe the dead attempt, not the candidate.
-NOT_INHERITED = frozenset({"surplus", "worker"})
+NOT_INHERITED = frozenset({SURPLUS_ATTR, "worker"})
 #: After a failed heartbeat write, the next attempt comes this much sooner than a whole interval.
 HEARTBEAT_RETRY_S = 0.5
 
@@ -45,14 +50,6 @@ HEARTBEAT_RETRY_S = 0.5
 def grace_period_s(interval_s: int) -> int:
     """Seconds without a heartbeat after which a trial counts as abandoned (1.5 intervals, rounded up)."""
     return math.ceil(1.5 * interval_s)
-
-
-def rdb_of(study: optuna.Study) -> RDBStorage:
-    """The RDB storage under Optuna's cache wrapper."""
-    storage = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(storage, RDBStorage):
-        raise TypeError(f"study {study.study_name} is not on an RDB storage")
-    return storage
 
 
 class BackgroundThread:
@@ -91,28 +88,12 @@ class Heartbeat(BackgroundThread):
         while True:
             wait = self.interval_s
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                record_heartbeat(self.storage, self.trial_id)
             except Exception as exc:
                 log.warning("heartbeat of trial id %d not recorded (%s); retrying", self.trial_id, exc)
                 wait = min(self.interval_s, HEARTBEAT_RETRY_S)
             if self._stop.wait(wait):
                 return
-
-
-def _running_trials(storage: RDBStorage, study_id: int) -> tuple[datetime, list[tuple[int, datetime | None]]]:
-    """The database's clock and each RUNNING trial's (id, last heartbeat or None)."""
-    trials, beats = rdb_models.TrialModel, rdb_models.TrialHeartbeatModel
-    query = (
-        sqlalchemy.select(trials.trial_id, beats.heartbeat)
-        .outerjoin(beats, beats.trial_id == trials.trial_id)
-        .where(trials.study_id == study_id, trials.state == TrialState.RUNNING)
-    )
-    with session_scope(storage.engine) as session:
-        now = session.execute(sqlalchemy.func.now()).scalar()
-        rows = [(int(trial_id), beat) for trial_id, beat in session.execute(query)]
-    assert now is not None
-    # As Optuna does: heartbeats are stored without a time zone, in the database's own.
-    return now.replace(tzinfo=None), rows
 
 
 def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int = MAX_RETRY) -> int | None:
@@ -121,7 +102,7 @@ def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int = MAX_RETRY
     Idempotent: a copy already in the study (an earlier attempt whose reply was lost) is not added
     again. A surplus trial was never meant to be measured and is not re-queued.
     """
-    if failed.user_attrs.get("surplus"):
+    if is_surplus(failed):
         return None
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if len(history) > max_retry:
@@ -175,7 +156,7 @@ class Reaper(BackgroundThread):
 
     def stale(self) -> list[int]:
         """Ids of the RUNNING trials that count as abandoned now."""
-        now, rows = _running_trials(rdb_of(self.study), self.study._study_id)
+        now, rows = running_trials(rdb_of(self.study), study_id(self.study))
         grace = timedelta(seconds=self.grace_s)
         seen_at = time.monotonic()
         stale = []
@@ -206,13 +187,11 @@ class Reaper(BackgroundThread):
 
     def _fail(self, trial_id: int) -> FrozenTrial | None:
         """Fail the trial if it is still RUNNING; the failed trial, or None if it finished meanwhile."""
-        storage = self.study._storage
         try:
             # A compare-and-set: of several reapers, exactly one moves the trial from RUNNING to FAIL.
-            won = retry_db(lambda: storage.set_trial_state_values(trial_id, state=TrialState.FAIL),
-                           what=f"failing trial id {trial_id}")
+            won = retry_db(lambda: fail_if_running(self.study, trial_id), what=f"failing trial id {trial_id}")
         except UpdateFinishedTrialError:
             return None  # finished meanwhile, by its worker or another reaper
         if not won:
             return None
-        return retry_db(lambda: storage.get_trial(trial_id), what=f"reading trial id {trial_id}")
+        return retry_db(lambda: trial_by_id(self.study, trial_id), what=f"reading trial id {trial_id}")

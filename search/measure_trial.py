@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from compress.config import config_from_dict
 from search.context import Workbench
-from search.liveness import Heartbeat, rdb_of
+from search.liveness import Heartbeat
+from search.optuna_adapter import rdb_of, trial_id, trial_state
 from search.spec import StudySpec
 from storage.retry import is_transient, retry_db
 
@@ -41,7 +42,7 @@ def measure_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ben
     """
     interval = rdb_of(study).heartbeat_interval
     assert interval is not None
-    with Heartbeat(study, trial._trial_id, interval):
+    with Heartbeat(study, trial_id(trial), interval):
         try:
             return _measure(study, trial, spec, bench)
         except Exception as exc:
@@ -56,7 +57,8 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
     space = bench.space(spec)
     started = time.perf_counter()
     params = space.suggest(trial)
-    source = trial.user_attrs.get("source", "sampler")
+    # Enqueued trials say who picked them (baseline:..., predictor); the rest come from the strategy's sampler.
+    source = trial.user_attrs.get("source", f"sampler:{spec.strategy}")
     seed_config = trial.user_attrs.get("seed_config")
     if seed_config is not None:
         config = config_from_dict(seed_config)
@@ -78,7 +80,7 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
             score = metrics.score(spec.objective)
             retry_db(lambda: trial.report(score, step), what=f"reporting trial {trial.number}")  # noqa: B023
             # Seeds and screened candidates are already the promising few: measure them fully.
-            if source == "sampler" and retry_db(trial.should_prune, what=f"pruning trial {trial.number}"):
+            if source.startswith("sampler") and retry_db(trial.should_prune, what=f"pruning trial {trial.number}"):
                 state = TrialState.PRUNED
                 break
     assert metrics is not None
@@ -111,14 +113,14 @@ def tell_once(study: optuna.Study, trial: optuna.Trial, state: TrialState, value
     """
 
     def attempt() -> TrialState:
-        current = study._storage.get_trial(trial._trial_id).state
+        current = trial_state(study, trial)
         if current.is_finished():
             return current
         try:
             # state=None for a value: Optuna stores a value it cannot accept (NaN) as a failed trial.
             return study.tell(trial, value, state=None if state == TrialState.COMPLETE else state).state
         except (UpdateFinishedTrialError, ValueError):
-            current = study._storage.get_trial(trial._trial_id).state
+            current = trial_state(study, trial)
             if not current.is_finished():
                 raise  # a bad value, not a race
             return current

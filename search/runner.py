@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from compress.config import CompressionConfig, config_from_dict
+from search import worker_process
 from search.context import Workbench
-from search.guided import make_guide
+from search.optuna_adapter import SUMMARY_ATTR
+from search.optuna_adapter import storage_url as normalize_url
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
-from search.study import best_trial, counts, create_study, load_study, normalize_url
-from search.worker import Guide, work_on_study
+from search.strategies import Proposer
+from search.study import best_trial, counts, create_study, load_study
+from search.worker import work_on_study
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ class Progress:
 
 
 def worker_command(url: str, name: str, index: int) -> list[str]:
-    return [sys.executable, "-m", "slimscout.cli", "worker", "--storage", url, "--study", name, "--index", str(index)]
+    """A worker process on the study ``name`` (a Python process of its own, not the CLI)."""
+    return worker_process.command(url, name, index)
 
 
 def run_search(
@@ -46,15 +49,13 @@ def run_search(
     study_name: str,
     workers: int = 0,
     bench: Workbench | None = None,
-    guide: Guide | None = None,
+    guide: Proposer | None = None,
     on_status: Callable[[str], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     url = normalize_url(storage_url)
     bench = bench or Workbench()
-    if guide is None and spec.strategy == "guided":
-        guide = make_guide()
     study = create_study(url, study_name, spec)
     seed_study(study, spec, bench, on_step=on_status)
     if on_status:
@@ -79,6 +80,7 @@ def run_search(
     if on_status:
         on_status("re-measuring on holdout")
     summary = finalize(study, spec, bench)
+    study.set_user_attr(SUMMARY_ATTR, summary)  # a CLI study has no row: its summary is kept with the study
     best = best_trial(study)
     summary["seconds"] = time.perf_counter() - started
     summary["n_trials"] = spec.n_trials

@@ -23,7 +23,6 @@ import optuna
 from common.errors import SlimscoutError
 from common.settings import get_settings
 from search.context import Workbench
-from search.guided import make_guide
 from search.liveness import BackgroundThread, Reaper, grace_period_s
 from search.measure_trial import worker_id
 from search.setup import finalize, seed_study, summarize
@@ -52,19 +51,8 @@ log = logging.getLogger(__name__)
 
 
 def spec_of(row: Study) -> StudySpec:
-    return StudySpec(
-        model_id=row.model_id,
-        budget=row.budget,
-        operators=list(row.operators),
-        granularity=row.granularity,
-        n_trials=row.n_trials,
-        eval_tokens=row.eval_tokens,
-        objective=row.objective,
-        dataset=row.dataset,
-        split=row.split,
-        seed=row.seed,
-        warm_start=row.warm_start,
-    )
+    """The spec the study's row stores."""
+    return StudySpec.from_dict(row.spec)
 
 
 class SetupLease(BackgroundThread):
@@ -134,7 +122,6 @@ class ServiceWorker:
 
     def work(self, row: Study) -> None:
         study, spec = load_study(self.url, row.optuna_study_name)
-        guide = make_guide() if spec.strategy == "guided" else None
 
         def on_trial(*_: object) -> None:
             self.publish(row, summarize(study, spec))
@@ -147,7 +134,6 @@ class ServiceWorker:
             row.optuna_study_name,
             self.bench,
             stop=self.stop,
-            guide=guide,
             on_trial=on_trial,
             should_stop=cancelled,
         )

@@ -13,8 +13,11 @@ from compress.baselines import BaselineResult, build_baseline
 from compress.budget import SPARSITY_OPERATORS, check_operators
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
+from search.optuna_adapter import SETUP_ATTR
 from search.spec import StudySpec
-from search.study import SETUP_ATTR, SUMMARY_ATTR, best_trial, measured
+from search.study import best_trial, measured
+from search.trial_digest import digest
+from search.trial_digest import metrics as trial_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,39 +71,18 @@ def seed_study(
 
 def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     """Best so far and the baselines, from the measured trials (cheap; no forward pass)."""
-    trials = measured(study)
-    baselines = {}
-    for trial in trials:
-        source = str(trial.user_attrs.get("source", ""))
-        if source.startswith("baseline:"):
-            baselines[source.removeprefix("baseline:")] = _trial_metrics(trial)
-    best = best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    seen = digest(trials)
     scan = study.user_attrs.get("sensitivity_scan", {})
-    finished = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    ]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     return {
-        "best": _trial_metrics(best) if best else None,
-        "baselines": baselines,
+        "best": trial_metrics(seen.best) if seen.best else None,
+        "baselines": {name: trial_metrics(trial) for name, trial in seen.baselines.items()},
         "evaluations": len(finished),
         "evaluated_tokens": int(sum(t.user_attrs.get("n_tokens", 0) for t in finished)),
         "sensitivity_evaluations": scan.get("evaluations", 0),
         "sensitivity_tokens": scan.get("evaluations", 0) * scan.get("tokens", 0),
         "predictor": study.user_attrs.get("predictor"),
-    }
-
-
-def _trial_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    return {
-        "trial": trial.number,
-        "value": trial.value,
-        "ppl": attrs.get("ppl"),
-        "kl": attrs.get("kl"),
-        "keep_ratio": attrs.get("keep_ratio"),
-        "source": attrs.get("source"),
     }
 
 
@@ -134,5 +116,4 @@ def _dense(evaluator: Any) -> dict[str, Any]:
 def finalize(study: optuna.Study, spec: StudySpec, bench: Workbench) -> dict[str, Any]:
     summary = summarize(study, spec)
     summary["holdout"] = holdout_check(study, spec, bench)
-    study.set_user_attr(SUMMARY_ATTR, summary)
     return summary

@@ -26,9 +26,8 @@ from common.errors import ConfigError
 from compress.budget import Allocation, check_operators, logit, project_to_budget, sigmoid
 from compress.config import CompressionConfig
 from compress.layers import PROJECTION_TYPES, LinearLayer
+from search.spec import DEFAULT_GRANULARITY, GRANULARITIES
 
-GRANULARITIES = ("uniform", "type", "block", "type-block", "layer")
-DEFAULT_GRANULARITY = "type-block"
 DEPTH_POINTS = 5
 KNOB_RANGE = (-2.5, 2.5)
 

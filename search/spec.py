@@ -1,56 +1,149 @@
-"""What a study searches: stored as the Optuna study's user attribute ``slimscout``."""
+"""What a study searches: the one spec every entry point builds, torch-free.
+
+``StudySpec`` is the API's request body, what the CLI's arguments parse into, and the JSON stored
+for a study (the ``spec`` column of ``slimscout_studies`` and the Optuna study's user attribute
+``slimscout``). Its vocabularies come from the registries: operators from ``compress.registry``,
+baselines from ``compress.baseline_methods``, strategies from ``search.strategies``; granularities
+and objectives are defined here. Types are strict: ``true`` is not a number, ``"0.4"`` is not a
+float, and an unknown field is an error.
+
+Checks that need the server's settings (trial and token limits, model and data roots) are the
+API's (``api/validation.py``); a check that needs the model's kind is made here when the model is a
+catalog entry (known without loading it).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from common.errors import BudgetError, ConfigError
-from compress.budget import check_operators
-from search.space import DEFAULT_GRANULARITY, GRANULARITIES
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-OBJECTIVES = ("ppl", "kl", "cosine")  # cosine: 1 - cosine to the dense embeddings (encoders)
-STRATEGIES = ("guided", "tpe", "random")
+from common.errors import ConfigError
+from compress.baseline_methods import BASELINE_METHODS
+from compress.catalog_entries import CATALOG
+from compress.registry import OPERATOR_NAMES, operator_info
+from search.strategies import STRATEGY_NAMES
+
+GRANULARITIES: tuple[str, ...] = ("uniform", "type", "block", "type-block", "layer")
+DEFAULT_GRANULARITY = "type-block"
+OBJECTIVES: tuple[str, ...] = ("ppl", "kl", "cosine")  # cosine: 1 - cosine to the dense embeddings (encoders)
+#: Objectives that make sense per model kind (a causal LM has no sentence embedding to compare).
+KIND_OBJECTIVES: dict[str, tuple[str, ...]] = {"causal-lm": ("ppl", "kl"), "encoder": OBJECTIVES}
+#: ``hf:NAME[/SUB][:CONFIG]``; no component may be only dots (``hf:a/..`` names no data set).
+HUB_DATASET = re.compile(r"^hf:(?!\.+(?:[/:]|$))[A-Za-z0-9][\w.\-]*(/(?!\.+(?:[:]|$))[\w.\-]+)?(:(?!\.+$)[\w.\-]+)?$")
+MAX_SEED = 2**31 - 1
+
+if TYPE_CHECKING:
+    Operator = str
+    Granularity = str
+    Objective = str
+    Strategy = str
+    Baseline = str
+else:
+    Operator = Literal[OPERATOR_NAMES]
+    Granularity = Literal[GRANULARITIES]
+    Objective = Literal[OBJECTIVES]
+    Strategy = Literal[STRATEGY_NAMES]
+    Baseline = Literal[BASELINE_METHODS]
 
 
-@dataclass(frozen=True)
-class StudySpec:
-    model_id: str
-    budget: float
-    operators: list[str] = field(default_factory=lambda: ["wanda"])
-    granularity: str = DEFAULT_GRANULARITY
-    n_trials: int = 100
-    eval_tokens: int = 2048
-    objective: str = "kl"
-    dataset: str = "lee-news"
-    split: str = "search"
-    seed: int = 0
-    strategy: str = "guided"
-    baselines: list[str] = field(default_factory=lambda: ["uniform", "owl", "sensitivity"])
-    sensitivity_tokens: int = 512
-    holdout_tokens: int = 4096
-    prune: bool = True
-    warm_start: bool = False  # guided only: learn from earlier comparable studies in the same storage
+def _no_repeats(field: str, items: list[str]) -> list[str]:
+    repeated = sorted({item for item in items if items.count(item) > 1})
+    if repeated:
+        raise ValueError(f"{field} listed more than once: {', '.join(repeated)}")
+    return items
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.budget <= 1.0:
-            raise BudgetError(f"budget must be in (0, 1], got {self.budget}")
-        check_operators(self.operators)
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError("granularity", f"must be one of {', '.join(GRANULARITIES)}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError("objective", f"must be one of {', '.join(OBJECTIVES)}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}")
-        if self.n_trials < 1:
-            raise ConfigError("n_trials", "must be at least 1")
-        if self.eval_tokens < 2:
-            raise ConfigError("eval_tokens", "must be at least 2")
+
+class StudySpec(BaseModel):
+    """Every option of a study, with the one set of defaults."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    model_id: Annotated[str, Field(min_length=1, max_length=1024,
+                                   description="a catalog name, or a model directory inside a model root")]
+    budget: Annotated[float, Field(gt=0.0, le=1.0, description="kept fraction of linear-layer parameters")]
+    operators: Annotated[list[Operator], Field(min_length=1, max_length=len(OPERATOR_NAMES),
+                                               description="at least one parameter-reducing operator, "
+                                                           "at most one quantizer")] = ["wanda"]
+    granularity: Granularity = DEFAULT_GRANULARITY
+    n_trials: Annotated[int, Field(ge=1, description="real evaluations, baselines included")] = 100
+    eval_tokens: Annotated[int, Field(ge=2, description="tokens per evaluation")] = 2048
+    objective: Annotated[Objective, Field(description="kl or ppl for causal LMs; cosine (1 - cosine to the "
+                                                      "dense embeddings) for encoders")] = "kl"
+    dataset: Annotated[str, Field(min_length=1, max_length=256)] = "lee-news"
+    split: Annotated[str, Field(pattern=r"^[a-z]+$", max_length=64)] = "search"
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    strategy: Annotated[Strategy, Field(description="guided: the XGBoost predictor screens candidates; "
+                                                    "tpe / random: plain samplers")] = "guided"
+    baselines: Annotated[list[Baseline], Field(max_length=len(BASELINE_METHODS))] = list(BASELINE_METHODS)
+    sensitivity_tokens: Annotated[int, Field(ge=2)] = 512
+    holdout_tokens: Annotated[int, Field(ge=2, description="tokens of the holdout re-measurement")] = 4096
+    prune: Annotated[bool, Field(description="stop a sampled candidate early when it trails its peers")] = True
+    warm_start: Annotated[bool, Field(description=(
+        "guided only: start the accuracy predictor from earlier studies in the same storage with the same "
+        "model, dataset, split, eval_tokens and objective. Off by default, so that a spec and its seed "
+        "decide the trials: with it on, the same spec runs differently on a storage with history."))] = False
+    trust_remote_code: Annotated[bool, Field(description=(
+        "the model needs its own Python code; refused unless the operator set SLIMSCOUT_TRUST_REMOTE_CODE "
+        "(the workers' setting decides, not this field)"))] = False
+
+    @field_validator("model_id", "dataset")
+    @classmethod
+    def _printable(cls, text: str) -> str:
+        control = next((ch for ch in text if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
+        if control is not None:
+            raise ValueError(f"control characters are not allowed (found U+{ord(control):04X})")
+        return text
+
+    @field_validator("dataset")
+    @classmethod
+    def _hub_name(cls, dataset: str) -> str:
+        if dataset.startswith("hf:") and not HUB_DATASET.match(dataset):
+            raise ValueError("expected hf:NAME[/SUB][:CONFIG] (letters, digits, '_', '.', '-'; no '..' parts)")
+        return dataset
+
+    @field_validator("operators")
+    @classmethod
+    def _operator_set(cls, operators: list[str]) -> list[str]:
+        _no_repeats("operators", operators)
+        families = [operator_info(op).family for op in operators]
+        if all(family == "quant" for family in families):
+            raise ValueError("need at least one parameter-reducing operator (not only quantizers)")
+        quantizers = [op for op, family in zip(operators, families, strict=True) if family == "quant"]
+        if len(quantizers) > 1:
+            raise ValueError(f"at most one quantizer, got {', '.join(quantizers)}")
+        return operators
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, baselines: list[str]) -> list[str]:
+        return _no_repeats("baselines", baselines)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_fits_the_model(cls, objective: str, info: ValidationInfo) -> str:
+        entry = CATALOG.get(info.data.get("model_id", ""))  # model_id is validated first (field order)
+        if entry is not None and objective not in KIND_OBJECTIVES[entry.kind]:
+            raise ValueError(f"objective {objective!r} does not apply to {entry.model_id} (a {entry.kind}; "
+                             f"use one of {', '.join(KIND_OBJECTIVES[entry.kind])})")
+        return objective
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored JSON (every field, defaults included)."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StudySpec:
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in raw.items() if key in known})
+        """A stored spec back; fields an older version stored and this one dropped are ignored."""
+        return cls.model_validate({key: value for key, value in raw.items() if key in cls.model_fields})
+
+    @classmethod
+    def build(cls, **fields: Any) -> StudySpec:
+        """A spec from Python values (the CLI's); a ConfigError naming the first bad field otherwise."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "spec"
+            raise ConfigError(field, first["msg"]) from None

@@ -7,108 +7,32 @@ workers hold, and a stale trial (its worker died) is failed and re-enqueued (``s
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models as rdb_models
 from optuna.trial import FrozenTrial, TrialState
 
 from common.settings import get_settings
 from search.liveness import grace_period_s
+from search.optuna_adapter import SETUP_ATTR, SPEC_ATTR, shared_rdb, trial_rows
 from search.spec import StudySpec
-from storage.db import normalize_url as storage_url
-from storage.db import session_scope
+from search.strategies import get_strategy
 from storage.retry import retry_db
 
 log = logging.getLogger(__name__)
-SPEC_ATTR = "slimscout"
-SUMMARY_ATTR = "summary"
-SETUP_ATTR = "setup_done"
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Heartbeats and stale-trial failing are used with ask/tell here, on purpose; Optuna warns about both.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
-def normalize_url(url: str) -> str:
-    """One spelling per database (postgres:// and postgresql:// use the psycopg 3 driver)."""
-    return storage_url(url).render_as_string(hide_password=False)
-
-
-_STORAGES: dict[str, RDBStorage] = {}
-
-
-def _forget_storages_after_fork() -> None:
-    # A forked worker must not use (or close) the parent's pooled connections.
-    for storage in _STORAGES.values():
-        storage.engine.dispose(close=False)
-    _STORAGES.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_storages_after_fork)
 
 
 def optuna_storage(url: str) -> RDBStorage:
     """One RDBStorage per URL and process, with heartbeats (``search.liveness`` re-queues dead workers' trials)."""
-    url = normalize_url(url)
-    if url not in _STORAGES:
-        interval = get_settings().heartbeat_interval_s
-        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if url.startswith("sqlite"):
-            engine_kwargs = {"connect_args": {"timeout": 60}}
-        for attempt in range(5):  # two processes creating Optuna's tables at once: one loses, then sees them
-            try:
-                _STORAGES[url] = RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=interval,
-                    grace_period=grace_period_s(interval),
-                )
-                break
-            except Exception:
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
-        if url.startswith("sqlite"):
-            _serialize_sqlite_transactions(_STORAGES[url].engine)
-    return _STORAGES[url]
-
-
-def _serialize_sqlite_transactions(engine: sqlalchemy.Engine) -> None:
-    """Make every transaction on ``engine`` take SQLite's write lock at its start (``BEGIN IMMEDIATE``).
-
-    Optuna claims a WAITING trial by reading its state and then writing RUNNING. pysqlite runs
-    the read outside any transaction (it only opens one before the write), so two processes can
-    both read WAITING and both claim the same trial. Beginning each transaction explicitly and
-    immediately makes the read and the write one atomic step; other writers wait (busy timeout).
-    PostgreSQL needs none of this: Optuna reads with SELECT ... FOR UPDATE there.
-    """
-
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def _driver_does_not_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @sqlalchemy.event.listens_for(engine, "begin")
-    def _begin_immediate(connection: sqlalchemy.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened while Optuna created its tables predate the listeners
+    interval = get_settings().heartbeat_interval_s
+    return shared_rdb(url, heartbeat_interval=interval, grace_period=grace_period_s(interval))
 
 
 def make_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    seed = spec.seed + 1000 * worker_index
-    if spec.strategy == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8, constant_liar=True)
+    return get_strategy(spec.strategy).sampler(spec, worker_index)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -152,37 +76,6 @@ class Counts:
     @property
     def finished(self) -> int:
         return self.complete + self.pruned
-
-
-def is_surplus(trial: FrozenTrial) -> bool:
-    return bool(trial.user_attrs.get("surplus"))
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    number: int
-    state: TrialState
-    surplus: bool
-
-
-def trial_rows(study: optuna.Study) -> list[TrialRow]:
-    """Every trial's number, state and surplus mark, in one light query.
-
-    Workers count before every claim; reading whole trials through Optuna's cache (params, every
-    attribute, the config documents of all unfinished trials) cost 30 ms a time with 8 workers.
-    """
-    storage = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(storage, RDBStorage):
-        return [TrialRow(t.number, t.state, is_surplus(t)) for t in study.get_trials(deepcopy=False)]
-    trials, attrs = rdb_models.TrialModel, rdb_models.TrialUserAttributeModel
-    query = (
-        sqlalchemy.select(trials.number, trials.state, attrs.value_json)
-        .outerjoin(attrs, sqlalchemy.and_(attrs.trial_id == trials.trial_id, attrs.key == "surplus"))
-        .where(trials.study_id == study._study_id)
-    )
-    with session_scope(storage.engine) as session:
-        return [TrialRow(number, state, bool(surplus and json.loads(surplus)))
-                for number, state, surplus in session.execute(query)]
 
 
 def counts(study: optuna.Study) -> Counts:

@@ -22,6 +22,8 @@ from optuna.trial import TrialState
 from search.context import Workbench
 from search.liveness import Reaper
 from search.measure_trial import measure_trial, tell_once, worker_id
+from search.optuna_adapter import SURPLUS_ATTR, rdb_of, record_heartbeat, trial_id
+from search.strategies import Proposer, get_strategy
 from search.study import counts, load_study, slot_of, wait_for_setup
 from storage.retry import Backoff, retry_db
 
@@ -29,7 +31,6 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 
 TrialHook = Callable[[int, TrialState], None]
-Guide = Callable[..., int]
 
 
 def claim(study: optuna.Study) -> optuna.Trial:
@@ -39,7 +40,7 @@ def claim(study: optuna.Study) -> optuna.Trial:
     the first is recorded at once.
     """
     trial = study.ask()
-    retry_db(lambda: study._storage.record_heartbeat(trial._trial_id), what="the first heartbeat")  # type: ignore[attr-defined]
+    retry_db(lambda: record_heartbeat(rdb_of(study), trial_id(trial)), what="the first heartbeat")
     retry_db(lambda: trial.set_user_attr("worker", worker_id()), what="stamping the trial")
     return trial
 
@@ -48,7 +49,7 @@ def drop_if_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> 
     """Fail ``trial`` unmeasured if ``n_trials`` live trials were created before it; True if so."""
     if retry_db(lambda: slot_of(study, trial.number), what="counting slots") < n_trials:
         return False
-    retry_db(lambda: trial.set_user_attr("surplus", True), what="marking a surplus trial")
+    retry_db(lambda: trial.set_user_attr(SURPLUS_ATTR, True), what="marking a surplus trial")
     tell_once(study, trial, TrialState.FAIL)
     return True
 
@@ -61,12 +62,17 @@ def work_on_study(
     stop: threading.Event | None = None,
     worker_index: int = 0,
     on_trial: TrialHook | None = None,
-    guide: Guide | None = None,
+    guide: Proposer | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> int:
-    """Measure trials of one study until it has ``n_trials`` finished ones. Returns how many we measured."""
+    """Measure trials of one study until it has ``n_trials`` finished ones. Returns how many we measured.
+
+    ``guide``: the proposer to run when the queue is empty (default: the study's strategy's own).
+    """
     stop = stop or threading.Event()
     study, spec = retry_db(lambda: load_study(url, name, worker_index), what=f"loading study {name}")
+    if guide is None:
+        guide = get_strategy(spec.strategy).proposer()
     wait_for_setup(study)
     mine = 0
     backoff = Backoff()

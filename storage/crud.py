@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, cast
 
@@ -87,39 +87,14 @@ def _new_study_id() -> str:
     return secrets.token_hex(6)
 
 
-def create_study(
-    session: Session,
-    *,
-    model_id: str,
-    dataset: str,
-    budget: float,
-    operators: Sequence[str],
-    granularity: str,
-    n_trials: int,
-    eval_tokens: int,
-    objective: str,
-    seed: int,
-    split: str = "search",
-    warm_start: bool = False,
-    owner_token_hash: str | None = None,
-) -> Study:
-    """Queue a new study; its Optuna study is named ``slimscout-<id>``."""
+def create_study(session: Session, *, spec: Mapping[str, Any], owner_token_hash: str | None = None) -> Study:
+    """Queue a new study with ``spec`` (a ``search.spec.StudySpec`` as JSON); its Optuna study is ``slimscout-<id>``."""
     study_id = _new_study_id()
     now = utcnow()
     study = Study(
         id=study_id,
         optuna_study_name=f"slimscout-{study_id}",
-        model_id=model_id,
-        dataset=dataset,
-        split=split,
-        budget=float(budget),
-        operators=list(operators),
-        granularity=granularity,
-        n_trials=n_trials,
-        eval_tokens=eval_tokens,
-        objective=objective,
-        seed=seed,
-        warm_start=warm_start,
+        spec=dict(spec),
         status=StudyStatus.QUEUED,
         owner_token_hash=owner_token_hash,
         created_at=now,

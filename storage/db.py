@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -68,15 +68,10 @@ def _switch_to_wal(cursor: Any) -> None:
     as "database is locked" at once instead of waiting out the busy timeout; trying again after
     the other commits succeeds.
     """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    retrying = Retrying(retry=retry_if_exception(lambda exc: isinstance(exc, sqlite3.OperationalError)
+                                                 and "locked" in str(exc)),
+                        stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_S), wait=wait_fixed(0.05), reraise=True)
+    retrying(cursor.execute, "PRAGMA journal_mode = WAL")
 
 
 def make_engine(url: str | URL) -> Engine:

@@ -9,11 +9,9 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
     DateTime,
     Dialect,
     Enum,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,7 +20,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -106,17 +103,9 @@ class Study(Base):
 
     id: Mapped[str] = mapped_column(String(12), primary_key=True)
     optuna_study_name: Mapped[str] = mapped_column(String(64), unique=True)
-    model_id: Mapped[str] = mapped_column(String(1024))
-    dataset: Mapped[str] = mapped_column(String(256))
-    split: Mapped[str] = mapped_column(String(64), default="search", server_default="search")
-    budget: Mapped[float] = mapped_column(Float)
-    operators: Mapped[list[str]]
-    granularity: Mapped[str] = mapped_column(String(32))
-    n_trials: Mapped[int] = mapped_column(Integer)
-    eval_tokens: Mapped[int] = mapped_column(Integer)
-    objective: Mapped[str] = mapped_column(String(64))
-    seed: Mapped[int] = mapped_column(Integer)
-    warm_start: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The study's spec as search.spec.StudySpec stores it (every option, defaults filled in); storage
+    # keeps it as a document, so a new study option needs no migration.
+    spec: Mapped[dict[str, Any]]
     status: Mapped[StudyStatus] = mapped_column(
         Enum(
             StudyStatus,
@@ -144,7 +133,7 @@ class Study(Base):
     setup_lease_until: Mapped[datetime | None]
 
     def __repr__(self) -> str:
-        return f"Study(id={self.id!r}, model_id={self.model_id!r}, status={self.status.value!r})"
+        return f"Study(id={self.id!r}, model_id={self.spec.get('model_id')!r}, status={self.status.value!r})"
 
 
 class Artifact(Base):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 __all__ = ["Backoff", "describe", "is_transient", "retry_db", "transient_cause"]
 
@@ -103,16 +104,16 @@ def retry_db(
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     backoff = Backoff(base_delay, max_delay)
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            delay = backoff.next_delay()
-            log.warning("%s failed (%s); retry %d/%d in %.2f s", what, describe(exc), attempt, attempts - 1, delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
+
+    def warn(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s failed (%s); retry %d/%d in %.2f s", what, describe(exc) if exc else "?",
+                    state.attempt_number, attempts - 1, delay)
+
+    retrying = Retrying(stop=stop_after_attempt(attempts), retry=retry_if_exception(is_transient),
+                        wait=lambda _state: backoff.next_delay(), sleep=sleep, before_sleep=warn, reraise=True)
+    return retrying(fn)
 
 
 def describe(exc: BaseException) -> str:

@@ -89,7 +89,7 @@ class Serve:
 
     def worker_pids(self) -> list[int]:
         assert self.process is not None
-        return [pid for pid, cmd in children(self.process.pid) if "slimscout.cli worker" in cmd]
+        return [pid for pid, cmd in children(self.process.pid) if "search.worker_process" in cmd]
 
     def kill(self) -> None:
         """SIGKILL the server and its workers, as a power cut would."""

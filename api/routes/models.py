@@ -5,8 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import AUTH_RESPONSES, OwnerDep, SettingsDep
-from api.schemas import GRANULARITIES, OPERATORS, CatalogModel, LocalModel, ModelsPublic
+from api.schemas import CatalogModel, LocalModel, ModelsPublic
 from compress.catalog_entries import CATALOG
+from compress.registry import OPERATOR_NAMES
+from search.spec import GRANULARITIES
+from search.strategies import STRATEGY_NAMES
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=AUTH_RESPONSES)
 
@@ -28,4 +31,5 @@ def models(settings: SettingsDep, _owner: OwnerDep) -> ModelsPublic:
         catalog=[CatalogModel(model_id=entry.model_id, kind=entry.kind, description=entry.description)
                  for entry in CATALOG.values()],
         model_roots=[str(root) for root in settings.model_roots], local=local,
-        operators=list(OPERATORS), granularities=list(GRANULARITIES))
+        operators=list(OPERATOR_NAMES), granularities=list(GRANULARITIES),
+        strategies=list(STRATEGY_NAMES))

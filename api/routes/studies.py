@@ -19,7 +19,6 @@ from api.quota import open_study_slot
 from api.schemas import (
     LayerProfile,
     Message,
-    StudyCreate,
     StudyDetail,
     StudyList,
     StudyListItem,
@@ -28,6 +27,7 @@ from api.schemas import (
 )
 from api.tarstream import tar_stream
 from api.validation import check_study
+from search.spec import StudySpec
 from storage import (
     IllegalTransitionError,
     Study,
@@ -62,14 +62,6 @@ def shown(study_id: str) -> str:
     return f"{study_id[:SHOWN_ID_CHARS]}... ({len(study_id)} characters)"
 
 
-def study_spec(study: Study) -> dict[str, Any]:
-    """The Optuna study's ``slimscout`` user attribute (docs/DESIGN.md)."""
-    return {"model_id": study.model_id, "dataset": study.dataset, "split": study.split,
-            "budget": study.budget, "operators": list(study.operators), "granularity": study.granularity,
-            "n_trials": study.n_trials, "eval_tokens": study.eval_tokens, "objective": study.objective,
-            "seed": study.seed, "warm_start": study.warm_start}
-
-
 def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
     """The caller's study, else 404 (another owner's study does not exist, as far as they can tell)."""
     study = get_study(session, study_id=study_id, owner_token_hash=owner)
@@ -84,27 +76,24 @@ def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
                         413: {"model": Message, "description": "the body exceeds SLIMSCOUT_MAX_REQUEST_BYTES"},
                         415: {"model": Message, "description": "the body is not declared application/json"},
                         503: {"model": Message, "description": "the Optuna study could not be created"}})
-def create(body: StudyCreate, response: Response, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
-           optuna: OptunaDep) -> Study:
+def create(body: StudySpec, response: Response, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
+           optuna: OptunaDep) -> StudyPublic:
     """Queue a study; workers pick it up from the database."""
     body, errors = check_study(body, settings)
     if errors:
         raise RequestValidationError(errors)
-    study = create_study(session, model_id=body.model_id, dataset=body.dataset, budget=body.budget,
-                         operators=body.operators, granularity=body.granularity, n_trials=body.n_trials,
-                         eval_tokens=body.eval_tokens, objective=body.objective, seed=body.seed,
-                         warm_start=body.warm_start, owner_token_hash=owner)
+    study = create_study(session, spec=body.to_dict(), owner_token_hash=owner)
     # Commit before touching Optuna's tables: on SQLite our open write would block Optuna's.
     # A worker that claims the row first creates the Optuna study itself (load_if_exists on both sides).
     session.commit()
     try:
-        optuna.create_study(study.optuna_study_name, study_spec(study))
+        optuna.create_study(study.optuna_study_name, study.spec)
     except Exception as exc:
         if is_transient(exc):  # the row is queued; the worker that claims it creates the Optuna study
             log.warning("Optuna study %s not created now (%s); its worker will", study.optuna_study_name,
                         describe(exc))
             response.headers["Location"] = f"/v1/studies/{study.id}"
-            return study
+            return StudyPublic.of(study)
         log.exception("could not create Optuna study %s", study.optuna_study_name)
         with suppress(IllegalTransitionError):  # cancelled meanwhile: leave it so
             set_status(session, study_id=study.id, status=StudyStatus.FAILED,
@@ -113,7 +102,7 @@ def create(body: StudyCreate, response: Response, settings: SettingsDep, session
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail=f"study {study.id} failed to start: {exc}") from exc
     response.headers["Location"] = f"/v1/studies/{study.id}"
-    return study
+    return StudyPublic.of(study)
 
 
 @router.get("", response_model=StudyList)
@@ -123,7 +112,7 @@ def list_(session: SessionDep, owner: OwnerDep, offset: Annotated[int, Query(ge=
     """The caller's studies, newest first."""
     studies = list_studies(session, owner_token_hash=owner, status=status_, limit=limit, offset=offset)
     total = count_studies(session, owner_token_hash=owner, status=status_)
-    items = [StudyListItem(**StudyPublic.model_validate(study).model_dump(),
+    items = [StudyListItem(**StudyPublic.of(study).model_dump(),
                            best=study_view.summary_point((study.summary or {}).get("best")))
              for study in studies]
     return StudyList(total=total, offset=offset, limit=limit, studies=items)
@@ -137,7 +126,7 @@ def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDe
     seen = optuna.digest(study.optuna_study_name, trials)
     summary = study.summary or {}
     return StudyDetail(
-        **StudyPublic.model_validate(study).model_dump(),
+        **StudyPublic.of(study).model_dump(),
         counts=study_view.counts(seen),
         progress=study_view.progress(study, seen),
         best=study_view.best_point(study, trials, seen),
@@ -222,11 +211,11 @@ def checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
 
 @router.post("/{study_id}/cancel", response_model=StudyPublic,
              responses={**NOT_FOUND, 409: {"model": Message, "description": "the study already finished"}})
-def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> Study:
+def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyPublic:
     """Cancel a queued or running study; workers stop picking it up."""
     study = _owned(session, study_id, owner)
     if study.status is StudyStatus.CANCELLED:
-        return study
+        return StudyPublic.of(study)
     try:
         cancelled = set_status(session, study_id=study.id, status=StudyStatus.CANCELLED)
     except IllegalTransitionError as exc:
@@ -236,7 +225,7 @@ def cancel(study_id: str, session: SessionDep, owner: OwnerDep) -> Study:
     # Commit before answering: the session's own commit runs after the response is sent, too late to
     # tell the client that the database went away (a 503 then, not a 200 for a cancel that never was).
     session.commit()
-    return cancelled
+    return StudyPublic.of(cancelled)
 
 
 @router.delete("/{study_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,

@@ -14,6 +14,8 @@
     ).join("");
     document.getElementById("granularity").innerHTML = models.granularities.map((g) =>
       `<option${g === "type-block" ? " selected" : ""}>${Slim.esc(g)}</option>`).join("");
+    document.getElementById("strategy").innerHTML = models.strategies.map((s) =>
+      `<option${s === "guided" ? " selected" : ""}>${Slim.esc(s)}</option>`).join("");
     document.getElementById("operators").innerHTML = models.operators.map((op) =>
       `<label><input type="checkbox" name="operators" value="${Slim.esc(op)}"${op === "wanda" ? " checked" : ""}>` +
       `${Slim.esc(op)}</label>`).join("");
@@ -26,7 +28,7 @@
       model_id: data.get("model_id"), budget: Number(data.get("budget")), granularity: data.get("granularity"),
       objective: data.get("objective"), n_trials: Number(data.get("n_trials")),
       eval_tokens: Number(data.get("eval_tokens")), dataset: data.get("dataset"), seed: Number(data.get("seed")),
-      operators: data.getAll("operators"),
+      operators: data.getAll("operators"), strategy: data.get("strategy"), warm_start: data.get("warm_start") === "on",
     };
     try {
       const study = await Slim.api("/v1/studies", {
@@ -48,8 +50,8 @@
       return `<tr>
         <td><a href="/studies/${encodeURIComponent(s.id)}">${Slim.esc(s.id)}</a></td>
         <td><span class="badge ${Slim.esc(s.status)}">${Slim.esc(s.status)}</span></td>
-        <td>${Slim.esc(s.model_id)}</td><td class="num">${Slim.num(s.budget, 3)}</td>
-        <td>${Slim.esc(s.operators.join(", "))}</td><td class="num">${s.n_trials}</td>
+        <td>${Slim.esc(s.spec.model_id)}</td><td class="num">${Slim.num(s.spec.budget, 3)}</td>
+        <td>${Slim.esc(s.spec.operators.join(", "))}</td><td class="num">${s.spec.n_trials}</td>
         <td class="num">${Slim.num(best.ppl)}</td><td class="num">${Slim.pct(best.keep_ratio)}</td>
         <td>${Slim.when(s.created_at)}</td></tr>`;
     }).join("") || `<tr><td colspan="9" class="empty">No studies yet.</td></tr>`;

@@ -16,8 +16,8 @@
 
   function sourceKind(source) {
     if (!source) return "other";
-    if (source.startsWith("baseline")) return "baseline";
-    return source in SOURCE_COLORS ? source : "other";
+    const kind = source.split(":")[0];  // "baseline:owl", "sampler:tpe"
+    return kind in SOURCE_COLORS ? kind : "other";
   }
 
   async function fetchAllTrials() {
@@ -36,8 +36,12 @@
     const status = $("status");
     status.textContent = d.status;
     status.className = "badge " + d.status;
-    $("spec").textContent = `${d.model_id} · budget ${Slim.num(d.budget, 3)} · ${d.operators.join(", ")} · ` +
-      `${d.granularity} · objective ${d.objective} · ${d.eval_tokens} tokens of ${d.dataset}`;
+    const s = d.spec;
+    $("spec").textContent = `${s.model_id} · budget ${Slim.num(s.budget, 3)} · ${s.operators.join(", ")} · ` +
+      `${s.granularity} · objective ${s.objective} · ${s.eval_tokens} tokens of ${s.dataset}`;
+    $("spec-options").textContent = `strategy ${s.strategy} · baselines ${s.baselines.join(", ") || "none"} · ` +
+      `pruning ${s.prune ? "on" : "off"} · holdout ${s.holdout_tokens} tokens · ` +
+      `warm start ${s.warm_start ? "on" : "off"} · seed ${s.seed}`;
     const p = d.progress;
     $("trial-count").textContent = p.done;
     $("trial-total").textContent = p.total;
@@ -53,7 +57,7 @@
     $("download-checkpoint").hidden = !d.has_checkpoint;
 
     const b = d.best;
-    $("best-value").textContent = b ? `${d.objective} ${Slim.num(b.value !== null ? b.value : b[d.objective])}` : "–";
+    $("best-value").textContent = b ? `${d.spec.objective} ${Slim.num(b.value !== null ? b.value : b[d.spec.objective])}` : "–";
     $("best").innerHTML = b ? [["ppl", Slim.num(b.ppl)], ["kl", Slim.num(b.kl)], ["kept", Slim.pct(b.keep_ratio)],
       ["trial", b.trial === null ? "–" : "#" + b.trial], ["source", Slim.esc(b.source || "–")]]
       .map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("") : `<dt>no measured trial yet</dt><dd></dd>`;
@@ -129,7 +133,7 @@
       {type: "scatter", mode: "lines", name: "best so far", x: points.map((t) => t.number), y: running,
         line: {shape: "hv", color: "#16213a", width: 2}},
     ], layout({xaxis: {title: {text: "trial number"}}, shapes: baselineLines,
-      yaxis: {title: {text: detail.objective + " (search split)"}, type: wide ? "log" : "linear"}}), plotConfig);
+      yaxis: {title: {text: detail.spec.objective + " (search split)"}, type: wide ? "log" : "linear"}}), plotConfig);
   }
 
   function renderPareto() {
@@ -153,7 +157,7 @@
     }
     Plotly.react($("chart-pareto"), data, layout({
       xaxis: {title: {text: "kept fraction of linear-layer parameters"}}, yaxis: {title: {text: "perplexity"}},
-      shapes: [{type: "line", yref: "paper", x0: detail.budget, x1: detail.budget, y0: 0, y1: 1,
+      shapes: [{type: "line", yref: "paper", x0: detail.spec.budget, x1: detail.spec.budget, y0: 0, y1: 1,
         line: {color: "#667085", dash: "dash", width: 1}, label: {text: "budget", textposition: "end",
           font: {size: 10}}}]}), plotConfig);
   }
@@ -182,8 +186,8 @@
         marker: {color: SOURCE_COLORS.predictor, size: 7}},
       {type: "scatter", mode: "lines", name: "predicted = measured", x: [lo, hi], y: [lo, hi],
         line: {color: "#667085", dash: "dot"}},
-    ], layout({xaxis: {title: {text: "predicted " + detail.objective}},
-      yaxis: {title: {text: "measured " + detail.objective}}}), plotConfig);
+    ], layout({xaxis: {title: {text: "predicted " + detail.spec.objective}},
+      yaxis: {title: {text: "measured " + detail.spec.objective}}}), plotConfig);
   }
 
   // ---- the loop ------------------------------------------------------------------------------------

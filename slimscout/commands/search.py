@@ -5,34 +5,38 @@ from __future__ import annotations
 import argparse
 import time
 
+from compress.baseline_methods import BASELINE_METHODS
+from compress.registry import OPERATOR_NAMES
+from search.spec import GRANULARITIES, OBJECTIVES, StudySpec
+from search.strategies import STRATEGY_NAMES
 from slimscout.commands._common import budget_float, note, positive_int, print_json, progress
+
+DEFAULTS = {name: field.default for name, field in StudySpec.model_fields.items() if not field.is_required()}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("search", help="search the best per-layer config under a budget")
     parser.add_argument("--model", required=True)
     parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")
-    parser.add_argument("--operators", default="wanda", help="comma-separated, e.g. wanda or svd-whitened,wanda")
-    parser.add_argument(
-        "--granularity", default="type-block", choices=["uniform", "type", "block", "type-block", "layer"]
-    )
-    parser.add_argument("--trials", type=positive_int, default=100, help="real evaluations (baselines included)")
-    parser.add_argument("--tokens", type=positive_int, default=2048, help="tokens per evaluation")
-    parser.add_argument("--holdout-tokens", type=positive_int, default=4096)
-    parser.add_argument("--objective", default="kl", choices=["kl", "ppl", "cosine"],
-                        help="kl or ppl for causal LMs; cosine (1 - cosine to dense embeddings) for encoders")
-    parser.add_argument(
-        "--strategy",
-        default="guided",
-        choices=["guided", "tpe", "random"],
-        help="guided: the XGBoost predictor screens candidates; tpe / random: plain samplers",
-    )
-    parser.add_argument("--baselines", default="uniform,owl,sensitivity")
+    parser.add_argument("--operators", default=",".join(DEFAULTS["operators"]),
+                        help=f"comma-separated, e.g. wanda or svd-whitened,wanda (of {', '.join(OPERATOR_NAMES)})")
+    parser.add_argument("--granularity", default=DEFAULTS["granularity"], choices=GRANULARITIES)
+    parser.add_argument("--trials", type=positive_int, default=DEFAULTS["n_trials"],
+                        help="real evaluations (baselines included)")
+    parser.add_argument("--tokens", type=positive_int, default=DEFAULTS["eval_tokens"], help="tokens per evaluation")
+    parser.add_argument("--holdout-tokens", type=positive_int, default=DEFAULTS["holdout_tokens"])
+    parser.add_argument("--sensitivity-tokens", type=positive_int, default=DEFAULTS["sensitivity_tokens"])
+    parser.add_argument("--objective", default=DEFAULTS["objective"], choices=OBJECTIVES,
+                        help=StudySpec.model_fields["objective"].description)
+    parser.add_argument("--strategy", default=DEFAULTS["strategy"], choices=STRATEGY_NAMES,
+                        help=StudySpec.model_fields["strategy"].description)
+    parser.add_argument("--baselines", default=",".join(DEFAULTS["baselines"]),
+                        help=f"comma-separated, of {', '.join(BASELINE_METHODS)} (empty for none)")
     parser.add_argument("--no-prune", action="store_true", help="measure every candidate on all tokens")
     parser.add_argument("--warm-start", action="store_true",
                         help="guided: start from a predictor trained on earlier studies of this model in the storage")
-    parser.add_argument("--dataset", default="lee-news")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default=DEFAULTS["dataset"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--storage", help="database URL (default: settings.storage_url)")
     parser.add_argument("--study", help="study name (default: generated)")
     parser.add_argument("--workers", type=int, default=0, help="local worker processes (0: measure in-process)")
@@ -41,12 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from common.settings import get_settings
-    from search.runner import Progress, best_config, run_search
-    from search.spec import StudySpec
-
-    spec = StudySpec(
+def spec_of(args: argparse.Namespace) -> StudySpec:
+    """The study spec the parsed arguments ask for (a ConfigError naming the first bad field)."""
+    return StudySpec.build(
         model_id=args.model,
         budget=args.budget,
         operators=[op.strip() for op in args.operators.split(",") if op.strip()],
@@ -57,11 +58,19 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         seed=args.seed,
         strategy=args.strategy,
-        baselines=[b for b in args.baselines.split(",") if b],
+        baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
+        sensitivity_tokens=args.sensitivity_tokens,
         holdout_tokens=args.holdout_tokens,
         prune=not args.no_prune,
         warm_start=args.warm_start,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.settings import get_settings
+    from search.runner import Progress, best_config, run_search
+
+    spec = spec_of(args)
     url = args.storage or get_settings().storage_url
     name = args.study or f"search-{args.model.replace('/', '_')}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
     with progress() as bar:

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def worker_command(url: str) -> list[str]:
-    return [sys.executable, "-m", "slimscout.cli", "worker", "--storage", url]
+    """A worker serving every open study (a Python process of its own, not the CLI)."""
+    from search.worker_process import command
+
+    return command(url)
 
 
 def start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,26 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.settings import get_settings
-    from search.context import Workbench
-    from search.guided import make_guide
-    from search.study import load_study
-    from search.worker import work_on_study
+    from search.worker_process import run_worker
 
-    url = args.storage or get_settings().storage_url
-    stop = threading.Event()
-
-    def graceful(_signum: int, _frame: object) -> None:
-        stop.set()  # finish the current trial, then exit
-
-    signal.signal(signal.SIGTERM, graceful)
-    signal.signal(signal.SIGINT, graceful)
-    bench = Workbench()
-    if args.study:
-        _, spec = load_study(url, args.study)
-        guide = make_guide() if spec.strategy == "guided" else None
-        work_on_study(url, args.study, bench, stop=stop, worker_index=args.index, guide=guide)
-        return 0
-    from search.service_worker import serve_studies
-
-    serve_studies(url, bench, stop=stop, once=args.once)
+    run_worker(args.storage or get_settings().storage_url, study=args.study, index=args.index, once=args.once)
     return 0

@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.main import create_app
-from api.optuna_store import optuna_url
 from common.settings import get_settings
+from search.optuna_adapter import storage_url as optuna_url
 from storage import dispose_engines
 from tests._service import free_port
 

@@ -20,7 +20,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from search.study import SETUP_ATTR, normalize_url
+from search.optuna_adapter import SETUP_ATTR, storage_url
 from storage import Study, StudyStatus, get_engine, session_scope
 from tests._service import Serve
 from tests._tcp_proxy import TcpProxy
@@ -103,7 +103,7 @@ def freeze_during_setup(url: str, study_id: str, pid: int) -> None:
 
     wait_for(claimed, "the worker to claim the study", every_s=0.01)
     os.kill(pid, signal.SIGSTOP)
-    storage = optuna.storages.RDBStorage(normalize_url(url))
+    storage = optuna.storages.RDBStorage(storage_url(url))
     try:
         attrs = optuna.load_study(study_name=f"slimscout-{study_id}", storage=storage).user_attrs
     finally:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
 from compress.config import config_from_dict
+from search.spec import StudySpec
 from storage import StudyStatus, add_artifact, get_engine, session_scope, set_status, update_summary
 
 if TYPE_CHECKING:
@@ -37,37 +38,41 @@ def test_create_queues_a_study_and_its_optuna_study(client: TestClient, storage_
     body = response.json()
     assert response.headers["location"] == f"/v1/studies/{body['id']}"
     assert body["status"] == "queued"
-    assert body["operators"] == ["wanda"] and body["granularity"] == "type-block"
-    assert (body["n_trials"], body["dataset"], body["eval_tokens"], body["objective"], body["seed"]) == \
+    spec = body["spec"]
+    assert spec["operators"] == ["wanda"] and spec["granularity"] == "type-block"
+    assert (spec["n_trials"], spec["dataset"], spec["eval_tokens"], spec["objective"], spec["seed"]) == \
         (100, "lee-news", 2048, "kl", 0)
     # Workers find the Optuna study by the row's name, with the spec as its user attribute.
     study = optuna.load_study(study_name=body["optuna_study_name"], storage=storage_url)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    assert study.user_attrs["slimscout"] == {
-        "model_id": "tiny-llama", "dataset": "lee-news", "split": "search", "budget": 0.5,
-        "operators": ["wanda"], "granularity": "type-block", "n_trials": 100, "eval_tokens": 2048,
-        "objective": "kl", "seed": 0, "warm_start": True}
+    # The one set of defaults: StudySpec's, every field stored.
+    assert study.user_attrs["slimscout"] == StudySpec(model_id="tiny-llama", budget=0.5).to_dict()
 
 
-def test_warm_start_can_be_turned_off_and_reaches_the_workers_spec(client: TestClient, storage_url: str) -> None:
+def test_every_cli_option_reaches_the_workers_spec(client: TestClient, storage_url: str) -> None:
     from search.service_worker import spec_of
     from storage import get_engine, get_study, session_scope
 
-    body = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget": 0.5, "warm_start": False}).json()
-    assert body["warm_start"] is False
+    options = {"strategy": "tpe", "baselines": ["uniform"], "prune": False, "holdout_tokens": 256,
+               "sensitivity_tokens": 128, "warm_start": True}
+    body = create(client, **options)
+    assert {key: body["spec"][key] for key in options} == options
     study = optuna.load_study(study_name=body["optuna_study_name"], storage=storage_url)
-    assert study.user_attrs["slimscout"]["warm_start"] is False
+    assert {key: study.user_attrs["slimscout"][key] for key in options} == options
     with session_scope(get_engine(storage_url)) as session:
         row = get_study(session, study_id=body["id"])
-        assert row is not None and spec_of(row).warm_start is False
+        assert row is not None and spec_of(row) == StudySpec(model_id="tiny-llama", budget=0.5, **options)
+    detail = client.get(f"/v1/studies/{body['id']}").json()
+    assert detail["spec"] == study.user_attrs["slimscout"]  # GET shows the stored spec
 
 
 def test_create_with_every_field(client: TestClient) -> None:
     body = create(client, budget=0.3, operators=["svd-whitened", "wanda", "int8"], granularity="layer",
                   n_trials=12, dataset="hf:wikitext:wikitext-2-raw-v1", eval_tokens=512, objective="ppl",
                   seed=7)
-    assert body["operators"] == ["svd-whitened", "wanda", "int8"]
-    assert (body["budget"], body["granularity"], body["n_trials"], body["objective"], body["seed"]) == \
+    assert body["spec"]["operators"] == ["svd-whitened", "wanda", "int8"]
+    spec = body["spec"]
+    assert (spec["budget"], spec["granularity"], spec["n_trials"], spec["objective"], spec["seed"]) == \
         (0.3, "layer", 12, "ppl", 7)
 
 
@@ -282,9 +287,8 @@ def test_a_worker_may_create_the_optuna_study_first(client: TestClient, storage_
     from storage import create_study
 
     with session_scope(get_engine(storage_url)) as session:
-        row = create_study(session, model_id="tiny-llama", dataset="lee-news", budget=0.5,
-                           operators=["wanda"], granularity="type", n_trials=5, eval_tokens=64,
-                           objective="kl", seed=0)
+        row = create_study(session, spec=StudySpec(model_id="tiny-llama", budget=0.5, granularity="type",
+                                                   n_trials=5, eval_tokens=64).to_dict())
     worker_spec = {"model_id": "tiny-llama", "budget": 0.5, "strategy": "tpe"}
     study = optuna.create_study(storage=storage_url, study_name=row.optuna_study_name, direction="minimize")
     study.set_user_attr("slimscout", worker_spec)

@@ -42,6 +42,19 @@ def fields_at_fault(response: Any) -> set[str]:
     ({"dataset": "/etc/passwd"}, "dataset"),
     ({"dataset": "../secret.txt"}, "dataset"),
     ({"surprise": 1}, "surprise"),
+    # Strict types: JSON's true is not a number, a string is not a float.
+    ({"budget": True}, "budget"),
+    ({"budget": "0.4"}, "budget"),
+    ({"n_trials": True}, "n_trials"),
+    ({"n_trials": 10.0}, "n_trials"),
+    ({"prune": 1}, "prune"),
+    ({"objective": "cosine"}, "objective"),  # tiny-llama is a causal LM: no embedding to compare
+    ({"dataset": "hf:a/.."}, "dataset"),
+    ({"dataset": "hf:../x"}, "dataset"),
+    ({"strategy": "evolution"}, "strategy"),
+    ({"baselines": ["uniform", "magic"]}, "baselines"),
+    ({"operators": ["int4"]}, "operators"),  # a quantizer alone reduces no parameters
+    ({"holdout_tokens": 65537}, "holdout_tokens"),
 ])
 def test_invalid_field_is_named(client: TestClient, override: dict[str, Any], field: str) -> None:
     response = client.post("/v1/studies", json={**VALID, **override})
@@ -90,7 +103,7 @@ def test_model_directories_inside_a_root(make_client: MakeClient, model_root: Pa
     for model_id in ("good", str(model_root / "good"), "nested/deeper", "./good/../good"):
         response = client.post("/v1/studies", json={**VALID, "model_id": model_id})
         assert response.status_code == 201, (model_id, response.text)
-        stored = response.json()["model_id"]
+        stored = response.json()["spec"]["model_id"]
         assert Path(stored).is_absolute() and Path(stored).resolve() == Path(stored)
         assert Path(stored).is_relative_to(model_root.resolve())
 
@@ -123,7 +136,7 @@ def test_dataset_files_inside_a_data_root(make_client: MakeClient, tmp_path: Pat
     (root / "notes.csv").write_text("a,b\n")
     client = make_client(data_roots=json.dumps([str(root)]))
     response = client.post("/v1/studies", json={**VALID, "dataset": "notes.txt"})
-    assert response.status_code == 201 and response.json()["dataset"] == str((root / "notes.txt").resolve())
+    assert response.status_code == 201 and response.json()["spec"]["dataset"] == str((root / "notes.txt").resolve())
     for dataset in ("notes.csv", "../data/../../etc/hostname", "missing.txt"):
         assert fields_at_fault(client.post("/v1/studies", json={**VALID, "dataset": dataset})) == {"dataset"}
 

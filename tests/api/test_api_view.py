@@ -10,14 +10,15 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from api import study_view
+from search.spec import StudySpec
+from search.trial_digest import IncrementalDigest
 from storage import Study, StudyStatus
 
 
 def study(status: StudyStatus = StudyStatus.RUNNING, n_trials: int = 10,
           summary: dict | None = None) -> Study:
-    return Study(id="abc", optuna_study_name="slimscout-abc", model_id="tiny-llama", dataset="lee-news",
-                 split="search", budget=0.5, operators=["wanda"], granularity="type-block", n_trials=n_trials,
-                 eval_tokens=64, objective="kl", seed=0, status=status, summary=summary)
+    spec = StudySpec(model_id="tiny-llama", budget=0.5, n_trials=n_trials, eval_tokens=64).to_dict()
+    return Study(id="abc", optuna_study_name="slimscout-abc", spec=spec, status=status, summary=summary)
 
 
 def trial(number: int, state: TrialState = TrialState.COMPLETE, value: float | None = None,
@@ -105,7 +106,7 @@ def test_layer_profile_of_an_encoder() -> None:
 
 def test_incremental_digest_matches_a_full_pass() -> None:
     """Finished trials are folded in once; running ones are recounted on every poll until they finish."""
-    incremental = study_view.IncrementalDigest()
+    incremental = IncrementalDigest()
     first = [trial(0, value=0.4, source="baseline:uniform", worker="a:1"),
              trial(1, TrialState.RUNNING, worker="a:1"), trial(2, TrialState.RUNNING, worker="b:2"),
              trial(3, TrialState.WAITING)]

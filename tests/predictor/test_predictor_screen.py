@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import pytest
@@ -15,20 +14,13 @@ from predictor.xgb import XGBPredictor
 
 
 class Fixed(Predictor):
-    """Predicts column 0 with uncertainty column 1 (not registered: no ``kind``)."""
+    """Predicts column 0 with uncertainty column 1."""
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> Self:
         return self
 
     def predict_with_uncertainty(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return X[:, 0].copy(), X[:, 1].copy()
-
-    def _save_to(self, directory: Path) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def _load_from(cls, directory: Path, meta: dict[str, Any]) -> Self:
-        return cls()
 
 
 def candidates() -> np.ndarray:

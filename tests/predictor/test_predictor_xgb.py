@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ from scipy.stats import spearmanr
 
 from compress.config import LayerConfig
 from compress.session import ModelSession
-from predictor.base import Predictor
 from predictor.features import FeatureBuilder
 from predictor.proxy import LayerProxy
 from predictor.xgb import XGBPredictor
@@ -66,23 +63,6 @@ def test_deterministic_for_a_seed(task: tuple[np.ndarray, np.ndarray, np.ndarray
     assert not np.array_equal(one[0], other)
 
 
-def test_save_load_round_trip(tmp_path: Path, task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    X, y, _ = task
-    names = [f"f{i}" for i in range(X.shape[1])]
-    model = XGBPredictor(seed=1, feature_names=names).fit(X[:N_TRAIN], y[:N_TRAIN])
-    model.save(tmp_path / "p")
-    files = sorted(p.name for p in (tmp_path / "p").iterdir())
-    assert files == [f"member-{i}.json" for i in range(8)] + ["predictor.json"]  # JSON only, no pickle
-    meta = json.loads((tmp_path / "p" / "predictor.json").read_text())
-    assert meta["format"] == "slimscout.predictor/v1" and meta["kind"] == "xgb"
-    for loaded in (XGBPredictor.load(tmp_path / "p"), Predictor.load(tmp_path / "p")):
-        assert isinstance(loaded, XGBPredictor)
-        assert loaded.feature_names == model.feature_names
-        before, after = model.predict_with_uncertainty(X), loaded.predict_with_uncertainty(X)
-        np.testing.assert_array_equal(before[0], after[0])
-        np.testing.assert_array_equal(before[1], after[1])
-
-
 def test_uncertainty_grows_away_from_the_data() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 6))
@@ -105,13 +85,12 @@ def test_uncertainty_on_configs(task: tuple[np.ndarray, np.ndarray, np.ndarray])
     assert np.median(std[harsh]) > np.median(std[mild])
 
 
-def test_warm_start_from_a_prior(tmp_path: Path, task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_warm_start_from_a_prior(task: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     """A predictor from another study (here: the same task, shifted) seeds a study with few samples."""
     X, y, answer = task
-    XGBPredictor(seed=0).fit(X[:120], y[:120]).save(tmp_path / "study-a")
+    prior = XGBPredictor(seed=0).fit(X[:120], y[:120])
     shifted = y + 0.4  # another budget/granularity: same features, different level
     few = slice(120, 126)
-    prior = Predictor.load(tmp_path / "study-a")
     warm = XGBPredictor(seed=0, prior=prior).fit(X[few], shifted[few])
     cold = XGBPredictor(seed=0).fit(X[few], shifted[few])
     held = slice(140, 240)
@@ -119,9 +98,6 @@ def test_warm_start_from_a_prior(tmp_path: Path, task: tuple[np.ndarray, np.ndar
     warm_mae = float(np.mean(np.abs(warm.predict(X[held]) - truth)))
     cold_mae = float(np.mean(np.abs(cold.predict(X[held]) - truth)))
     assert warm_mae < 0.75 * cold_mae
-    warm.save(tmp_path / "study-b")
-    again = Predictor.load(tmp_path / "study-b")
-    np.testing.assert_array_equal(again.predict(X[held]), warm.predict(X[held]))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
@@ -153,12 +129,3 @@ def test_bad_input() -> None:
         model.predict(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="max_depth"):
         XGBPredictor(max_depth=0)
-
-
-def test_load_rejects_what_it_does_not_know(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="missing"):
-        Predictor.load(tmp_path)
-    meta = {"format": "slimscout.predictor/v1", "kind": "pickle"}
-    (tmp_path / "predictor.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="unknown predictor kind"):
-        Predictor.load(tmp_path)

@@ -13,9 +13,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.context import Workbench
+from search.optuna_adapter import storage_url
 from search.setup import seed_study
 from search.spec import StudySpec
-from search.study import create_study, normalize_url
+from search.study import create_study
 
 SPEC: dict[str, Any] = dict(
     model_id="tiny-llama",
@@ -43,7 +44,7 @@ def prepare(url: str, n_trials: int, name: str = "shared", **overrides: Any) -> 
 
 def trials(url: str, name: str = "shared") -> list[FrozenTrial]:
     """The study's trials as the database has them now (a fresh storage, no cache)."""
-    storage = optuna.storages.RDBStorage(normalize_url(url))
+    storage = optuna.storages.RDBStorage(storage_url(url))
     try:
         return optuna.load_study(study_name=name, storage=storage).get_trials()
     finally:

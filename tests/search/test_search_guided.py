@@ -9,10 +9,10 @@ from optuna.trial import TrialState, create_trial
 
 from compress.budget import BUDGET_TOLERANCE, Allocation, logit, logit_family, project_to_budget
 from search.context import Workbench
-from search.guided import Guide
 from search.runner import run_search
 from search.space import to_config
 from search.spec import StudySpec
+from search.strategies.guided import Guide
 from search.study import load_study
 
 SPEC = dict(model_id="tiny-llama", operators=["wanda"], eval_tokens=128, holdout_tokens=128,

@@ -26,10 +26,11 @@ from common.settings import get_settings
 from search.context import Workbench
 from search.liveness import Heartbeat, Reaper, requeue
 from search.measure_trial import tell_once
+from search.optuna_adapter import SETUP_ATTR, storage_url
 from search.runner import worker_command
 from search.setup import seed_study
 from search.spec import StudySpec
-from search.study import SETUP_ATTR, create_study, is_set_up, normalize_url, optuna_storage
+from search.study import create_study, is_set_up, optuna_storage
 from tests.search._studies import (
     FINISHED,
     SPEC,
@@ -62,7 +63,7 @@ def test_a_killed_worker_s_trial_is_failed_within_two_heartbeats_and_measured_on
     prepare(url, 8)
     settings = env(heartbeat_interval_s=str(INTERVAL_S))
     victim, survivor = (subprocess.Popen(worker_command(url, "shared", i), env=settings) for i in range(2))
-    storage = optuna.storages.RDBStorage(normalize_url(url))
+    storage = optuna.storages.RDBStorage(storage_url(url))
     try:
         held, stopped_at = freeze_mid_trial(url, victim.pid)
         victim.kill()

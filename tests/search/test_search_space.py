@@ -7,7 +7,8 @@ from compress.accounting import model_cost
 from compress.baselines import owl
 from compress.catalog import load_model
 from compress.session import ModelSession
-from search.space import GRANULARITIES, SearchSpace
+from search.space import SearchSpace
+from search.spec import GRANULARITIES
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import subprocess
+import sys
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
@@ -102,3 +103,13 @@ def test_concurrent_asks_on_sqlite_never_claim_one_queued_trial_twice(tmp_path: 
         assert proc.exitcode == 0
     claims = [int(n) for out in outs for n in out.read_text().split()]
     assert sorted(claims) == list(range(60))
+
+
+def test_workers_are_python_processes_of_their_own_not_the_cli() -> None:
+    from slimscout.commands.serve import worker_command as serve_worker
+
+    for argv in (worker_command("sqlite:///s.db", "shared", 2), serve_worker("sqlite:///s.db")):
+        assert argv[:3] == [sys.executable, "-m", "search.worker_process"]
+        assert "slimscout.cli" not in argv
+    assert worker_command("sqlite:///s.db", "shared", 2)[3:] == ["--storage", "sqlite:///s.db", "--index", "2",
+                                                                 "--study", "shared"]

@@ -32,8 +32,7 @@ def queue_studies(engine: Engine, count: int) -> list[str]:
     ids = []
     with session_scope(engine) as session:
         for i in range(count):
-            study = create_study(
-                session,
+            study = create_study(session, spec=dict(
                 model_id=f"model-{i}",
                 dataset="wikitext-2",
                 budget=0.5,
@@ -43,7 +42,7 @@ def queue_studies(engine: Engine, count: int) -> list[str]:
                 eval_tokens=256,
                 objective="perplexity",
                 seed=i,
-            )
+            ))
             study.created_at = start + timedelta(seconds=i)
             ids.append(study.id)
     return ids

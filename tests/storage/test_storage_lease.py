@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from search.spec import StudySpec
 from storage import (
     Study,
     StudyStatus,
@@ -22,9 +23,8 @@ from storage import (
 
 def _queue(engine: Engine) -> str:
     with session_scope(engine) as session:
-        study: Study = create_study(session, model_id="tiny-llama", dataset="lee-news", budget=0.5,
-                                    operators=["wanda"], granularity="type-block", n_trials=8, eval_tokens=128,
-                                    objective="kl", seed=0)
+        study: Study = create_study(session, spec=StudySpec(
+            model_id="tiny-llama", budget=0.5, n_trials=8, eval_tokens=128).to_dict())
         return study.id
 
 

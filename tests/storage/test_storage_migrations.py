@@ -113,3 +113,26 @@ def test_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
     command.upgrade(config, "head")
     assert set(inspect(get_engine(empty_url)).get_table_names()) == OUR_TABLES
     assert _versions(empty_url) == [_head(empty_url)]
+
+
+def test_0004_moves_the_spec_columns_into_one_document_and_back(empty_url: str) -> None:
+    init_db(empty_url, revision="0003")
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(text(
+            "INSERT INTO slimscout_studies (id, optuna_study_name, model_id, dataset, split, budget, operators, "
+            "granularity, n_trials, eval_tokens, objective, seed, warm_start, status, created_at, updated_at) "
+            "VALUES ('abc', 'slimscout-abc', 'tiny-llama', 'lee-news', 'search', 0.5, '[\"wanda\", \"int8\"]', "
+            "'type', 12, 64, 'ppl', 3, true, 'queued', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    init_db(empty_url)
+    with get_engine(empty_url).connect() as connection:
+        stored = connection.execute(text("SELECT spec FROM slimscout_studies")).scalar_one()
+    spec = stored if isinstance(stored, dict) else json.loads(stored)
+    assert spec == {"model_id": "tiny-llama", "dataset": "lee-news", "split": "search", "budget": 0.5,
+                    "operators": ["wanda", "int8"], "granularity": "type", "n_trials": 12, "eval_tokens": 64,
+                    "objective": "ppl", "seed": 3, "warm_start": True}
+    assert "model_id" not in {column["name"] for column in inspect(get_engine(empty_url)).get_columns(
+        "slimscout_studies")}
+    command.downgrade(alembic_config(empty_url), "0003")
+    with get_engine(empty_url).connect() as connection:
+        row = connection.execute(text("SELECT model_id, budget, n_trials, objective FROM slimscout_studies")).one()
+    assert tuple(row) == ("tiny-llama", 0.5, 12, "ppl")

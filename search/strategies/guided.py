@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from compress.baselines import cached_scan
 from compress.budget import Allocation, logit, logit_family, project_to_budget, sigmoid
@@ -32,9 +31,11 @@ from predictor.report import cross_validated_quality
 from predictor.screen import screen, shrink_ranges
 from predictor.xgb import XGBPredictor
 from search.context import Workbench
+from search.optuna_adapter import completed_trials, other_studies
 from search.space import SearchSpace, to_config
 from search.spec import StudySpec
-from search.study import SPEC_ATTR, Counts, measured
+from search.strategies.tpe import tpe_sampler
+from search.study import Counts, measured
 
 log = logging.getLogger(__name__)
 PREDICTOR_ATTR = "predictor"
@@ -112,20 +113,12 @@ class Guide:
             return None, {}
         if study.study_name not in self._priors:
             names, trials = [], []
-            storage = study._storage
-            for other in storage.get_all_studies():
-                theirs = other.user_attrs.get(SPEC_ATTR) or {}
-                if other.study_name == study.study_name or any(
-                    theirs.get(key) != getattr(spec, key) for key in COMPARABLE
-                ):
+            for other in other_studies(study):
+                if any(other.spec.get(key) != getattr(spec, key) for key in COMPARABLE):
                     continue
-                done = [
-                    t
-                    for t in storage.get_all_trials(other._study_id, deepcopy=False, states=(TrialState.COMPLETE,))
-                    if "config" in t.user_attrs and t.value is not None
-                ]
+                done = [t for t in completed_trials(study, other) if "config" in t.user_attrs and t.value is not None]
                 if done:
-                    names.append(other.study_name)
+                    names.append(other.name)
                     trials += done
             model = None
             if len(trials) >= MIN_PRIOR_PAIRS:
@@ -247,5 +240,15 @@ class Guide:
         study.set_user_attr(PREDICTOR_ATTR, report)
 
 
-def make_guide() -> Guide:
-    return Guide()
+@dataclass(frozen=True)
+class GuidedStrategy:
+    """TPE proposes until the predictor has data; then the guide screens and enqueues between asks."""
+
+    def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+        return tpe_sampler(spec, worker_index)
+
+    def proposer(self) -> Guide:
+        return Guide()
+
+
+STRATEGY = GuidedStrategy()

@@ -1,0 +1,99 @@
+"""One study spec: the API's body, the CLI's arguments and the registries share one vocabulary, and
+a study stores the same JSON whichever way it came in."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+from fastapi.testclient import TestClient
+
+from compress.baseline_methods import BASELINE_METHODS
+from compress.registry import OPERATOR_NAMES
+from search.spec import GRANULARITIES, OBJECTIVES, StudySpec
+from search.strategies import STRATEGY_NAMES
+from slimscout.cli import build_parser
+from slimscout.commands.search import spec_of
+from storage import get_engine, get_study, session_scope
+
+
+def _cli_search() -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["search"]
+
+
+def _cli_choices(option: str) -> tuple[str, ...]:
+    action = next(a for a in _cli_search()._actions if option in a.option_strings)
+    return tuple(action.choices or ())
+
+
+def _enum(schema: dict[str, Any], name: str) -> tuple[str, ...]:
+    field = schema["components"]["schemas"]["StudySpec"]["properties"][name]
+    return tuple((field.get("items") or field)["enum"])
+
+
+def test_the_api_the_cli_and_the_registries_share_one_vocabulary(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/studies"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/StudySpec"}  # the request body is the spec
+    assert _enum(schema, "operators") == OPERATOR_NAMES
+    assert _enum(schema, "strategy") == STRATEGY_NAMES == _cli_choices("--strategy")
+    assert _enum(schema, "granularity") == GRANULARITIES == _cli_choices("--granularity")
+    assert _enum(schema, "objective") == OBJECTIVES == _cli_choices("--objective")
+    assert _enum(schema, "baselines") == BASELINE_METHODS
+    models = client.get("/v1/models").json()
+    assert tuple(models["operators"]) == OPERATOR_NAMES and tuple(models["granularities"]) == GRANULARITIES
+    assert tuple(models["strategies"]) == STRATEGY_NAMES
+
+
+def test_the_cli_and_its_defaults_are_the_spec() -> None:
+    """Every option has one default (the spec's); the CLI's arguments build the spec."""
+    args = _cli_search().parse_args(["--model", "tiny-llama", "--budget", "0.5"])
+    assert spec_of(args) == StudySpec(model_id="tiny-llama", budget=0.5)
+
+
+def test_a_spec_through_the_cli_and_through_the_api_stores_the_same_json(client: TestClient, storage_url: str,
+                                                                          tmp_path: Path) -> None:
+    from search.study import create_study
+
+    argv = ["--model", "tiny-llama", "--budget", "0.4", "--operators", "svd-whitened,wanda,int8",
+            "--granularity", "layer", "--trials", "12", "--tokens", "64", "--holdout-tokens", "256",
+            "--sensitivity-tokens", "128", "--objective", "ppl", "--strategy", "random", "--baselines",
+            "uniform,owl", "--no-prune", "--warm-start", "--dataset", "lee-news", "--seed", "7"]
+    cli_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    cli_study = create_study(cli_url, "cli", spec_of(_cli_search().parse_args(argv)))  # what run_search stores
+    body = {"model_id": "tiny-llama", "budget": 0.4, "operators": ["svd-whitened", "wanda", "int8"],
+            "granularity": "layer", "n_trials": 12, "eval_tokens": 64, "holdout_tokens": 256,
+            "sensitivity_tokens": 128, "objective": "ppl", "strategy": "random", "baselines": ["uniform", "owl"],
+            "prune": False, "warm_start": True, "dataset": "lee-news", "seed": 7}
+    created = client.post("/v1/studies", json=body)
+    assert created.status_code == 201, created.text
+    api_study = optuna.load_study(study_name=created.json()["optuna_study_name"], storage=storage_url)
+    with session_scope(get_engine(storage_url)) as session:
+        row = get_study(session, study_id=created.json()["id"])
+        assert row is not None
+        stored_row = row.spec
+    assert cli_study.user_attrs["slimscout"] == api_study.user_attrs["slimscout"] == stored_row
+    assert client.get(f"/v1/studies/{created.json()['id']}").json()["spec"] == stored_row
+
+
+def test_a_service_study_posted_with_tpe_runs_tpe(client: TestClient, storage_url: str) -> None:
+    """The worker runs the strategy the request chose: its sampled trials say ``sampler:tpe``, none is the
+    predictor's (what the default, guided, would enqueue), and GET shows the stored spec."""
+    from search.context import Workbench
+    from search.service_worker import serve_studies
+
+    body = {"model_id": "tiny-llama", "budget": 0.5, "strategy": "tpe", "n_trials": 8, "eval_tokens": 64,
+            "holdout_tokens": 64, "sensitivity_tokens": 64, "baselines": ["uniform"]}
+    created = client.post("/v1/studies", json=body).json()
+    serve_studies(storage_url, Workbench(), stop=threading.Event(), once=True, poll_s=0.1)
+    detail = client.get(f"/v1/studies/{created['id']}").json()
+    assert detail["status"] == "completed", detail
+    assert detail["spec"] == StudySpec(**body).to_dict()
+    sources = [t["source"] for t in client.get(f"/v1/studies/{created['id']}/trials").json()["trials"]]
+    assert sources[0] == "baseline:uniform"
+    assert set(sources[1:]) == {"sampler:tpe"} and len(sources) == 8

@@ -1,0 +1,78 @@
+"""The study spec: strict types, one set of defaults, vocabularies from the registries, torch-free."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from common.errors import ConfigError
+from search.spec import StudySpec
+from search.strategies import STRATEGY_NAMES, get_strategy
+
+REPO = Path(__file__).resolve().parents[2]
+BASE: dict[str, Any] = {"model_id": "tiny-llama", "budget": 0.5}
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ({"budget": True}, "budget"),
+    ({"budget": "0.4"}, "budget"),
+    ({"n_trials": True}, "n_trials"),
+    ({"n_trials": "10"}, "n_trials"),
+    ({"seed": 1.0}, "seed"),
+    ({"prune": "yes"}, "prune"),
+    ({"operators": "wanda"}, "operators"),
+    ({"operators": ["wanda", "int8", "int4"]}, "operators"),
+    ({"operators": ["sdq"]}, "operators"),
+    ({"objective": "cosine"}, "objective"),
+    ({"model_id": "tiny-bert", "objective": "cosine", "dataset": "hf:a/.."}, "dataset"),
+    ({"dataset": "hf:../etc"}, "dataset"),
+    ({"strategy": "evolution"}, "strategy"),
+    ({"baselines": ["owl", "owl"]}, "baselines"),
+    ({"extra": 1}, "extra"),
+])
+def test_strict_fields_are_refused_by_name(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        StudySpec.model_validate(BASE | override)
+    assert {str(error["loc"][0]) for error in info.value.errors()} == {field}
+
+
+def test_an_integer_budget_is_a_number_and_an_encoder_may_use_cosine() -> None:
+    assert StudySpec.model_validate(BASE | {"budget": 1}).budget == 1.0
+    spec = StudySpec(model_id="tiny-bert", budget=0.5, objective="cosine", dataset="hf:wikitext:wikitext-2-raw-v1")
+    assert spec.objective == "cosine"
+
+
+def test_the_stored_json_round_trips_and_ignores_dropped_fields() -> None:
+    spec = StudySpec(**BASE, strategy="tpe", baselines=[], prune=False)
+    assert StudySpec.from_dict(spec.to_dict()) == spec
+    assert StudySpec.from_dict(spec.to_dict() | {"retired_option": 3}) == spec
+    # Rows stored before strategy existed were guided studies: the default fills in.
+    assert StudySpec.from_dict({"model_id": "tiny-llama", "budget": 0.5}).strategy == "guided"
+
+
+def test_build_names_the_field_for_the_cli() -> None:
+    with pytest.raises(ConfigError, match="budget"):
+        StudySpec.build(model_id="tiny-llama", budget=2.0)
+
+
+def test_every_strategy_name_loads_a_strategy() -> None:
+    for name in STRATEGY_NAMES:
+        strategy = get_strategy(name)
+        assert strategy.sampler(StudySpec(**BASE)) is not None
+    assert (get_strategy("guided").proposer() is not None, get_strategy("tpe").proposer()) == (True, None)
+    with pytest.raises(ConfigError, match="strategy"):
+        get_strategy("evolution")
+
+
+def test_the_spec_and_the_strategy_names_import_without_torch_or_optuna() -> None:
+    code = ("import sys, search.spec, search.strategies; "
+            "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
