@@ -16,7 +16,7 @@ from search.optuna_adapter import SUMMARY_ATTR
 from search.optuna_adapter import storage_url as normalize_url
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
-from search.strategies import Proposer
+from search.strategy_registry import Proposer
 from search.study import best_trial, counts, create_study, load_study
 from search.worker import work_on_study
 

@@ -3,7 +3,7 @@
 ``StudySpec`` is the API's request body, what the CLI's arguments parse into, and the JSON stored
 for a study (the ``spec`` column of ``slimscout_studies`` and the Optuna study's user attribute
 ``slimscout``). Its vocabularies come from the registries: operators from ``compress.registry``,
-baselines from ``compress.baseline_methods``, strategies from ``search.strategies``; granularities
+baselines from ``compress.baseline_methods``, strategies from ``search.strategy_registry``; granularities
 and objectives are defined here. Types are strict: ``true`` is not a number, ``"0.4"`` is not a
 float, and an unknown field is an error.
 
@@ -23,7 +23,7 @@ from common.errors import ConfigError
 from compress.baseline_methods import BASELINE_METHODS
 from compress.catalog_entries import CATALOG
 from compress.registry import OPERATOR_NAMES, operator_info
-from search.strategies import STRATEGY_NAMES
+from search.strategy_registry import STRATEGY_NAMES
 
 GRANULARITIES: tuple[str, ...] = ("uniform", "type", "block", "type-block", "layer")
 DEFAULT_GRANULARITY = "type-block"

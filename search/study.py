@@ -19,7 +19,7 @@ from common.settings import get_settings
 from search.liveness import grace_period_s
 from search.optuna_adapter import SETUP_ATTR, SPEC_ATTR, shared_rdb, trial_rows
 from search.spec import StudySpec
-from search.strategies import get_strategy
+from search.strategy_registry import get_strategy
 from storage.retry import retry_db
 
 log = logging.getLogger(__name__)

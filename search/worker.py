@@ -23,7 +23,7 @@ from search.context import Workbench
 from search.liveness import Reaper
 from search.measure_trial import measure_trial, tell_once, worker_id
 from search.optuna_adapter import SURPLUS_ATTR, rdb_of, record_heartbeat, trial_id
-from search.strategies import Proposer, get_strategy
+from search.strategy_registry import Proposer, get_strategy
 from search.study import counts, load_study, slot_of, wait_for_setup
 from storage.retry import Backoff, retry_db
 

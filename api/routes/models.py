@@ -9,7 +9,7 @@ from api.schemas import CatalogModel, LocalModel, ModelsPublic
 from compress.catalog_entries import CATALOG
 from compress.registry import OPERATOR_NAMES
 from search.spec import GRANULARITIES
-from search.strategies import STRATEGY_NAMES
+from search.strategy_registry import STRATEGY_NAMES
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=AUTH_RESPONSES)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import optuna
 
 from search.spec import StudySpec
-from search.strategies import Proposer
+from search.strategy_registry import Proposer
 
 
 @dataclass(frozen=True)

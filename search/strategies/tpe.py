@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import optuna
 
 from search.spec import StudySpec
-from search.strategies import Proposer
+from search.strategy_registry import Proposer
 
 
 def tpe_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:

@@ -8,7 +8,7 @@ import time
 from compress.baseline_methods import BASELINE_METHODS
 from compress.registry import OPERATOR_NAMES
 from search.spec import GRANULARITIES, OBJECTIVES, StudySpec
-from search.strategies import STRATEGY_NAMES
+from search.strategy_registry import STRATEGY_NAMES
 from slimscout.commands._common import budget_float, note, positive_int, print_json, progress
 
 DEFAULTS = {name: field.default for name, field in StudySpec.model_fields.items() if not field.is_required()}

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
-from api.optuna_store import optuna_url
+from search.optuna_adapter import storage_url as optuna_url
 from storage import add_artifact, get_engine, get_study, session_scope, set_status
 
 if TYPE_CHECKING:

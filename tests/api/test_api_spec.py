@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from compress.baseline_methods import BASELINE_METHODS
 from compress.registry import OPERATOR_NAMES
 from search.spec import GRANULARITIES, OBJECTIVES, StudySpec
-from search.strategies import STRATEGY_NAMES
+from search.strategy_registry import STRATEGY_NAMES
 from slimscout.cli import build_parser
 from slimscout.commands.search import spec_of
 from storage import get_engine, get_study, session_scope

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from common.errors import ConfigError
 from search.spec import StudySpec
-from search.strategies import STRATEGY_NAMES, get_strategy
+from search.strategy_registry import STRATEGY_NAMES, get_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {"model_id": "tiny-llama", "budget": 0.5}
@@ -71,7 +71,7 @@ def test_every_strategy_name_loads_a_strategy() -> None:
 
 
 def test_the_spec_and_the_strategy_names_import_without_torch_or_optuna() -> None:
-    code = ("import sys, search.spec, search.strategies; "
+    code = ("import sys, search.spec, search.strategy_registry; "
             "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
