@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import TypeVar
 
 from common.errors import ConfigError
 from compress.operators.base import LowRankHandler, QuantHandler, ScoreSparsity, SparsityHandler
 from compress.registry import Slot, method_info
-
-_H = TypeVar("_H")
 
 
 @functools.cache
@@ -27,24 +24,33 @@ def _resolve(target: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
-def _handler(slot: Slot, name: str, kind: type[_H]) -> _H:
-    info = method_info(slot, name)
-    found = _resolve(info.handler)
-    if not isinstance(found, kind):
-        raise TypeError(f"{info.handler} is a {type(found).__name__}, not a {kind.__name__}")
-    return found
+def _handler(slot: Slot, name: str) -> object:
+    return _resolve(method_info(slot, name).handler)
+
+
+def _wrong(slot: Slot, name: str, found: object) -> TypeError:
+    return TypeError(f"{method_info(slot, name).handler} is a {type(found).__name__}, not a {slot} handler")
 
 
 def lowrank_handler(method: str) -> LowRankHandler:
-    return _handler("lowrank", method, LowRankHandler)
+    found = _handler("lowrank", method)
+    if not isinstance(found, LowRankHandler):
+        raise _wrong("lowrank", method, found)
+    return found
 
 
 def sparsity_handler(method: str) -> SparsityHandler:
-    return _handler("sparsity", method, SparsityHandler)
+    found = _handler("sparsity", method)
+    if not isinstance(found, SparsityHandler):
+        raise _wrong("sparsity", method, found)
+    return found
 
 
 def quant_handler(method: str) -> QuantHandler:
-    return _handler("quant", method, QuantHandler)
+    found = _handler("quant", method)
+    if not isinstance(found, QuantHandler):
+        raise _wrong("quant", method, found)
+    return found
 
 
 def score_handler(method: str) -> ScoreSparsity:

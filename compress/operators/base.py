@@ -44,6 +44,8 @@ OUTLIER_BYTES = 2  # SDQ outliers are kept at 16 bits
 class LayerContext(Protocol):
     """What a handler may ask of the model session (``compress.session.ModelSession``)."""
 
+    layers: list[LinearLayer]
+
     def stats(self) -> CalibrationStats: ...
 
     def dense_weight(self, name: str) -> Tensor: ...
