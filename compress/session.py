@@ -216,7 +216,7 @@ class ModelSession:
 
     def warm(self, config: CompressionConfig) -> None:
         """Build or load every cache this config needs (so apply timings measure only applying)."""
-        for layer_cfg in config.layers.values():
+        for name, layer_cfg in config.layers.items():
             if layer_cfg.lowrank:
                 self.svd(layer_cfg.lowrank.method)
             if layer_cfg.sparsity:
@@ -225,9 +225,9 @@ class ModelSession:
                     self.stats()
                 if handler.ranked and layer_cfg.sparsity.pattern == "unstructured" and not layer_cfg.lowrank:
                     self.ranks(layer_cfg.sparsity.score)
-                handler.warm(self, layer_cfg.sparsity)
+                handler.warm(self, name, layer_cfg.sparsity)
             if layer_cfg.quant:
-                quant_handler(layer_cfg.quant.method).warm(self, layer_cfg.quant)
+                quant_handler(layer_cfg.quant.method).warm(self, name, layer_cfg.quant)
 
     # -- accounting --------------------------------------------------------------------------
     def cost(self, config: CompressionConfig) -> LayerCost:

@@ -103,8 +103,11 @@ class SparsityHandler(ABC):
     def needs_stats(self) -> bool:
         return False
 
-    def warm(self, ctx: LayerContext, spec: SparsitySpec) -> None:  # noqa: B027 - a hook, empty by default
-        """Build or load what ``sparsify`` needs at ``spec`` (e.g. a per-level database)."""
+    def warm(self, ctx: LayerContext, name: str, spec: SparsitySpec) -> None:  # noqa: B027 - a hook
+        """Build or load what ``sparsify`` needs for layer ``name`` at ``spec`` (e.g. its entries of a
+        per-level database). Called for every layer entry of a config before it is applied and timed,
+        so keep it idempotent and cheap once done; ``sparsify`` must still work unwarmed (build
+        lazily). Empty by default."""
 
     @abstractmethod
     def sparsify(self, ctx: LayerContext, name: str, matrix: Tensor, spec: SparsitySpec, *,
@@ -166,8 +169,8 @@ class QuantHandler(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def warm(self, ctx: LayerContext, spec: QuantSpec) -> None:  # noqa: B027 - a hook, empty by default
-        """Build or load what ``quantize`` needs at ``spec``."""
+    def warm(self, ctx: LayerContext, name: str, spec: QuantSpec) -> None:  # noqa: B027 - a hook
+        """Build or load what ``quantize`` needs for layer ``name`` at ``spec`` (as ``SparsityHandler.warm``)."""
 
     @abstractmethod
     def quantize(self, ctx: LayerContext | None, name: str, matrix: Tensor, spec: QuantSpec) -> Tensor:
