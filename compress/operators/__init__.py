@@ -6,6 +6,18 @@ method (``wanda``, ``magnitude``, ``rtn``) and one for the two SVD variants (``s
 by a single argument.
 
 An unknown method is a ``ConfigError`` naming the field, never a fallback.
+
+Adding an operator (e.g. SparseGPT) touches two files:
+1. ``compress/operators/sparsegpt.py``: a ``SparsityHandler`` subclass (``QuantHandler`` for a
+   quantiser such as GPTQ) with ``sparsify`` and, if its result is precomputed per level, ``warm``
+   filling ``ctx.handler_cache(self.name)`` from ``ctx.stats()`` / ``ctx.dense_weight(name)``;
+   override ``cost`` / ``value_bytes`` only if its stored format differs.
+2. ``compress/registry.py``: its ``MethodInfo`` (slot, name, "module:attr", bits for a quantiser)
+   and one ``OperatorInfo`` per study operator (``sparsegpt``; ``sparsegpt-2:4`` as family ``nm``
+   with preset pattern ``2:4``).
+The config document, ``compress.budget``'s tables, the accounting, the session and the error
+proxy (exact output error for a method without a score) then take it as they are
+(``tests/compress/test_operators.py`` does exactly this with a toy level-database operator).
 """
 
 from __future__ import annotations
