@@ -1,7 +1,9 @@
 """Pure tensor operators: (weight, statistics, settings) → new tensors. No modules, no state."""
 
+from .gptq import GPTQResult, QuantizedWeight, default_group_size, gptq, pack_codes, unpack_codes
 from .lowrank import SVDFactors, lowrank_params, lowrank_weight, svd_factors, tail_energy
 from .quant import fake_quant, quant_error, sdq
+from .sparsegpt import SparseGPTResult, sparsegpt, sparsegpt_result
 from .sparsity import (
     magnitude_score,
     nm_mask,
@@ -13,6 +15,15 @@ from .sparsity import (
 )
 
 __all__ = [
+    "GPTQResult",
+    "QuantizedWeight",
+    "SparseGPTResult",
+    "default_group_size",
+    "gptq",
+    "pack_codes",
+    "sparsegpt",
+    "sparsegpt_result",
+    "unpack_codes",
     "SVDFactors",
     "fake_quant",
     "lowrank_params",
