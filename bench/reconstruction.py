@@ -85,14 +85,18 @@ def quality(out: Path, only: str | None) -> None:
             row = _measure_weights(session, evaluator, lambda n, w, h, b=bits: fake_quant(w, b, 64))
             _record(out, {"name": f"rtn-int{bits}-g64", "bits": bits, "group_size": 64, **row})
         if only is None or "gptq" in only:
-            row = _measure_weights(session, evaluator, lambda n, w, h, b=bits: gptq(w, h, bits=b, group_size=64).weight)
-            _record(out, {"name": f"gptq-int{bits}-g64", "bits": bits, "group_size": 64, **row})
-            row = _measure_weights(
-                session, evaluator, lambda n, w, h, b=bits: gptq(w, h, bits=b, group_size=64, act_order=True).weight)
-            _record(out, {"name": f"gptq-int{bits}-g64-actorder", "bits": bits, "group_size": 64, **row})
+            # Symmetric grid (the one fake_quant stores), static groups unless named otherwise.
+            variants: dict[str, dict[str, Any]] = {
+                "static": {"group_size": 64},
+                "static-actorder": {"group_size": 64, "act_order": True},
+                "dynamic": {"group_size": 64, "static_groups": False},
+            }
+            for label, kwargs in variants.items():
+                row = _measure_weights(session, evaluator, lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, **k).weight)
+                _record(out, {"name": f"gptq-int{bits}-g64-{label}", "bits": bits, **kwargs, **row})
             row = _measure_weights(session, evaluator, lambda n, w, h, b=bits: gptq(
                 w, h, bits=b, group_size=default_group_size(w.shape[1])).weight)
-            _record(out, {"name": f"gptq-int{bits}-g128or64", "bits": bits, **row})
+            _record(out, {"name": f"gptq-int{bits}-g128or64-static", "bits": bits, **row})
 
 
 def main() -> None:
