@@ -49,8 +49,10 @@ def _wanda_config_path(keep: float) -> Path:
     return path
 
 
-def _measure_weights(session: ModelSession, evaluator: Any, make: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
-                     ) -> dict[str, float]:
+Make = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _measure_weights(session: ModelSession, evaluator: Any, make: Make) -> dict[str, float]:
     """Write ``make(name, dense, gram)`` into every layer, evaluate, restore dense."""
     stats = session.stats()
     start = time.perf_counter()
@@ -92,7 +94,8 @@ def quality(out: Path, only: str | None) -> None:
                 "dynamic": {"group_size": 64, "static_groups": False},
             }
             for label, kwargs in variants.items():
-                row = _measure_weights(session, evaluator, lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, **k).weight)
+                row = _measure_weights(
+                    session, evaluator, lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, **k).weight)
                 _record(out, {"name": f"gptq-int{bits}-g64-{label}", "bits": bits, **kwargs, **row})
             row = _measure_weights(session, evaluator, lambda n, w, h, b=bits: gptq(
                 w, h, bits=b, group_size=default_group_size(w.shape[1])).weight)

@@ -323,7 +323,7 @@ class LevelDatabase:
         entry = self.manifest["layers"].get(name)
         if entry is None:
             raise LevelDatabaseError(f"layer {name!r} is not in the level database at {self.directory}")
-        return entry  # type: ignore[no-any-return]
+        return entry
 
     def _handle(self, name: str) -> Any:
         handle = self._handles.get(name)
@@ -351,7 +351,8 @@ class LevelDatabase:
         handle = self._handle(name)
         prefix = f"{level}."
         try:
-            tensors = {key[len(prefix):]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
+            keys = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118 (a safe_open handle)
+            tensors = {key[len(prefix):]: handle.get_tensor(key) for key in keys}
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CorruptLevelDatabaseError(f"level database file {self._file(name)} is corrupt ({exc}); "
                                             "LevelDatabase.build(...) rebuilds it") from None

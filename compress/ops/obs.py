@@ -122,7 +122,8 @@ def obs_sweep(
             score = w[:, i1:].square() / diag[i1:].square()[None, :]
             score[:, dead[i1:]] = -1.0
             order = torch.argsort(score, dim=1, stable=True)
-            ranks = torch.empty_like(order).scatter_(1, order, torch.arange(cols - i1, device=w.device).expand_as(order))
+            positions = torch.arange(cols - i1, device=w.device).expand_as(order)
+            ranks = torch.empty_like(order).scatter_(1, order, positions)
             prune1 = ranks[:, :count] < remaining[:, None]
             remaining -= prune1.sum(dim=1)
         for i in range(count):

@@ -111,7 +111,7 @@ def test_a_corrupt_file_is_a_clear_error_and_is_rebuilt(session: ModelSession) -
     path = db.directory / f"{name}.safetensors"
     path.write_bytes(path.read_bytes()[:100])  # truncated
     fresh = LevelDatabase.open(db.directory, session)
-    with pytest.raises(CorruptLevelDatabaseError, match="corrupt.*rebuilds it"):
+    with pytest.raises(CorruptLevelDatabaseError, match=r"corrupt.*rebuilds it"):
         fresh.weight(name, 1)
     assert fresh.verify() == [name]
     rebuilt = LevelDatabase.build(session, "sparsegpt", GRID)

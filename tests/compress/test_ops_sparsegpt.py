@@ -19,7 +19,8 @@ from compress.ops import (
 from tests.compress._recon import correlated_problem, output_error
 
 
-@pytest.mark.parametrize(("cols", "ratio", "blocksize"), [(128, 0.5, 32), (96, 0.3, 128), (100, 0.61, 16), (64, 0.0, 32)])
+@pytest.mark.parametrize(("cols", "ratio", "blocksize"),
+                         [(128, 0.5, 32), (96, 0.3, 128), (100, 0.61, 16), (64, 0.0, 32)])
 def test_every_row_has_exactly_the_accounted_zeros(cols: int, ratio: float, blocksize: int) -> None:
     weight, _, gram = correlated_problem(cols=cols)
     result = sparsegpt_result(weight, gram, sparsity=ratio, blocksize=blocksize)
