@@ -66,52 +66,56 @@ def _measure_weights(session: ModelSession, evaluator: Any, make: Make) -> dict[
     return {"ppl": metrics.ppl, "kl": metrics.kl, "compress_s": compress_s}
 
 
-def quality(out: Path, only: str | None) -> None:
+def quality(out: Path, rows: set[str] | None) -> None:
+    """Measure every row (or only the rows named in ``rows``)."""
     session = ModelSession.open(MODEL)
     evaluator = session.evaluator(split="holdout", tokens=4096)
     session.stats()
-    dense = evaluator.dense_metrics()
-    _record(out, {"name": "dense", "ppl": dense.ppl, "kl": 0.0})
+
+    def wanted(name: str) -> bool:
+        return rows is None or name in rows
+
+    def measure(name: str, make: Make, **fields: Any) -> None:
+        if wanted(name):
+            _record(out, {"name": name, **fields, **_measure_weights(session, evaluator, make)})
+
+    if wanted("dense"):
+        dense = evaluator.dense_metrics()
+        _record(out, {"name": "dense", "ppl": dense.ppl, "kl": 0.0})
     for keep in KEEPS:
         config = load_config(_wanda_config_path(keep))
         ratios = {name: cfg.sparsity.ratio for name, cfg in config.layers.items() if cfg.sparsity}
-        if only is None or "wanda" in only:
+        if wanted(f"wanda-{keep}"):
             with session.applied(config):
                 m = evaluator.evaluate()
             _record(out, {"name": f"wanda-{keep}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
-        if only is None or "sparsegpt" in only:
-            row = _measure_weights(session, evaluator, lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n]))
-            _record(out, {"name": f"sparsegpt-{keep}", "keep": keep, **row})
+        measure(f"sparsegpt-{keep}", lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n]), keep=keep)
     for bits in (4, 3):
-        if only is None or "rtn" in only:
-            row = _measure_weights(session, evaluator, lambda n, w, h, b=bits: fake_quant(w, b, 64))
-            _record(out, {"name": f"rtn-int{bits}-g64", "bits": bits, "group_size": 64, **row})
-        if only is None or "gptq" in only:
-            # Symmetric grid (the one fake_quant stores), static groups unless named otherwise.
-            variants: dict[str, dict[str, Any]] = {
-                "static": {"group_size": 64},
-                "static-actorder": {"group_size": 64, "act_order": True},
-                "dynamic": {"group_size": 64, "static_groups": False},
-            }
-            for label, kwargs in variants.items():
-                row = _measure_weights(
-                    session, evaluator, lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, **k).weight)
-                _record(out, {"name": f"gptq-int{bits}-g64-{label}", "bits": bits, **kwargs, **row})
-            row = _measure_weights(session, evaluator, lambda n, w, h, b=bits: gptq(
-                w, h, bits=b, group_size=default_group_size(w.shape[1])).weight)
-            _record(out, {"name": f"gptq-int{bits}-g128or64-static", "bits": bits, **row})
+        measure(f"rtn-int{bits}-g64", lambda n, w, h, b=bits: fake_quant(w, b, 64), bits=bits, group_size=64)
+        # Symmetric grid (the one fake_quant stores), static groups unless named otherwise.
+        variants: dict[str, dict[str, Any]] = {
+            "static": {"group_size": 64},
+            "static-actorder": {"group_size": 64, "act_order": True},
+            "dynamic": {"group_size": 64, "static_groups": False},
+        }
+        for label, kwargs in variants.items():
+            measure(f"gptq-int{bits}-g64-{label}",
+                    lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, **k).weight, bits=bits, **kwargs)
+        measure(f"gptq-int{bits}-g128or64-static",
+                lambda n, w, h, b=bits: gptq(w, h, bits=b, group_size=default_group_size(w.shape[1])).weight,
+                bits=bits)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", choices=("quality", "leveldb"))
-    parser.add_argument("--only", help="substring filter on operator families (quality)")
+    parser.add_argument("--rows", help="quality: only these comma-separated row names (e.g. rtn-int3-g64)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
     out = RESULTS / f"{args.suite}.json"
     if args.suite == "quality":
-        quality(out, args.only)
+        quality(out, set(args.rows.split(",")) if args.rows else None)
     else:
         from bench.reconstruction_leveldb import leveldb_bench
 
