@@ -66,9 +66,14 @@ def _measure_weights(session: ModelSession, evaluator: Any, make: Make) -> dict[
     return {"ppl": metrics.ppl, "kl": metrics.kl, "compress_s": compress_s}
 
 
-def quality(out: Path, rows: set[str] | None) -> None:
-    """Measure every row (or only the rows named in ``rows``)."""
-    session = ModelSession.open(MODEL)
+def quality(out: Path, rows: set[str] | None, calibration_tokens: int | None = None, percdamp: float = 0.01) -> None:
+    """Measure every row (or only the rows named in ``rows``).
+
+    A non-default calibration size or damping is appended to the row names (``-calib13996``, ``-damp0.1``).
+    """
+    session = ModelSession.open(MODEL, **({"calibration_tokens": calibration_tokens} if calibration_tokens else {}))
+    suffix = (f"-calib{calibration_tokens}" if calibration_tokens else "") + (
+        f"-damp{percdamp}" if percdamp != 0.01 else "")
     evaluator = session.evaluator(split="holdout", tokens=4096)
     session.stats()
 
@@ -77,7 +82,8 @@ def quality(out: Path, rows: set[str] | None) -> None:
 
     def measure(name: str, make: Make, **fields: Any) -> None:
         if wanted(name):
-            _record(out, {"name": name, **fields, **_measure_weights(session, evaluator, make)})
+            _record(out, {"name": name + suffix, **fields, "calibration_tokens": session.calibration_tokens,
+                          "percdamp": percdamp, **_measure_weights(session, evaluator, make)})
 
     if wanted("dense"):
         dense = evaluator.dense_metrics()
@@ -89,7 +95,7 @@ def quality(out: Path, rows: set[str] | None) -> None:
             with session.applied(config):
                 m = evaluator.evaluate()
             _record(out, {"name": f"wanda-{keep}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
-        measure(f"sparsegpt-{keep}", lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n]), keep=keep)
+        measure(f"sparsegpt-{keep}", lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n], percdamp=percdamp), keep=keep)
     for bits in (4, 3):
         measure(f"rtn-int{bits}-g64", lambda n, w, h, b=bits: fake_quant(w, b, 64), bits=bits, group_size=64)
         # Symmetric grid (the one fake_quant stores), static groups unless named otherwise.
@@ -100,22 +106,24 @@ def quality(out: Path, rows: set[str] | None) -> None:
         }
         for label, kwargs in variants.items():
             measure(f"gptq-int{bits}-g64-{label}",
-                    lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, **k).weight, bits=bits, **kwargs)
+                    lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, percdamp=percdamp, **k).weight, bits=bits, **kwargs)
         measure(f"gptq-int{bits}-g128or64-static",
-                lambda n, w, h, b=bits: gptq(w, h, bits=b, group_size=default_group_size(w.shape[1])).weight,
+                lambda n, w, h, b=bits: gptq(w, h, bits=b, group_size=default_group_size(w.shape[1]), percdamp=percdamp).weight,
                 bits=bits)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", choices=("quality", "leveldb"))
+    parser.add_argument("--calibration-tokens", type=int, default=None, help="quality: calibration size")
+    parser.add_argument("--percdamp", type=float, default=0.01, help="quality: Hessian damping of SparseGPT/GPTQ")
     parser.add_argument("--rows", help="quality: only these comma-separated row names (e.g. rtn-int3-g64)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
     out = RESULTS / f"{args.suite}.json"
     if args.suite == "quality":
-        quality(out, set(args.rows.split(",")) if args.rows else None)
+        quality(out, set(args.rows.split(",")) if args.rows else None, args.calibration_tokens, args.percdamp)
     else:
         from bench.reconstruction_leveldb import leveldb_bench
 
