@@ -66,12 +66,15 @@ def _measure_weights(session: ModelSession, evaluator: Any, make: Make) -> dict[
     return {"ppl": metrics.ppl, "kl": metrics.kl, "compress_s": compress_s}
 
 
-def quality(out: Path, rows: set[str] | None, calibration_tokens: int | None = None, percdamp: float = 0.01) -> None:
+def quality(
+    out: Path, rows: set[str] | None, calibration_tokens: int | None = None, percdamp: float = 0.01
+) -> None:
     """Measure every row (or only the rows named in ``rows``).
 
     A non-default calibration size or damping is appended to the row names (``-calib13996``, ``-damp0.1``).
     """
-    session = ModelSession.open(MODEL, **({"calibration_tokens": calibration_tokens} if calibration_tokens else {}))
+    calibration = {"calibration_tokens": calibration_tokens} if calibration_tokens else {}
+    session = ModelSession.open(MODEL, **calibration)
     suffix = (f"-calib{calibration_tokens}" if calibration_tokens else "") + (
         f"-damp{percdamp}" if percdamp != 0.01 else "")
     evaluator = session.evaluator(split="holdout", tokens=4096)
@@ -108,7 +111,8 @@ def quality(out: Path, rows: set[str] | None, calibration_tokens: int | None = N
             measure(f"gptq-int{bits}-g64-{label}",
                     lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, percdamp=percdamp, **k).weight, bits=bits, **kwargs)
         measure(f"gptq-int{bits}-g128or64-static",
-                lambda n, w, h, b=bits: gptq(w, h, bits=b, group_size=default_group_size(w.shape[1]), percdamp=percdamp).weight,
+                lambda n, w, h, b=bits: gptq(
+                    w, h, bits=b, group_size=default_group_size(w.shape[1]), percdamp=percdamp).weight,
                 bits=bits)
 
 
