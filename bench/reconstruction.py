@@ -98,7 +98,8 @@ def quality(
             with session.applied(config):
                 m = evaluator.evaluate()
             _record(out, {"name": f"wanda-{keep}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
-        measure(f"sparsegpt-{keep}", lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n], percdamp=percdamp), keep=keep)
+        measure(f"sparsegpt-{keep}",
+                lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n], percdamp=percdamp), keep=keep)
     for bits in (4, 3):
         measure(f"rtn-int{bits}-g64", lambda n, w, h, b=bits: fake_quant(w, b, 64), bits=bits, group_size=64)
         # Symmetric grid (the one fake_quant stores), static groups unless named otherwise.
@@ -109,7 +110,8 @@ def quality(
         }
         for label, kwargs in variants.items():
             measure(f"gptq-int{bits}-g64-{label}",
-                    lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, percdamp=percdamp, **k).weight, bits=bits, **kwargs)
+                    lambda n, w, h, b=bits, k=kwargs: gptq(w, h, bits=b, percdamp=percdamp, **k).weight,
+                    bits=bits, **kwargs)
         measure(f"gptq-int{bits}-g128or64-static",
                 lambda n, w, h, b=bits: gptq(
                     w, h, bits=b, group_size=default_group_size(w.shape[1]), percdamp=percdamp).weight,
