@@ -123,11 +123,12 @@ def main() -> None:
     parser.add_argument("suite", choices=("quality", "leveldb"))
     parser.add_argument("--calibration-tokens", type=int, default=None, help="quality: calibration size")
     parser.add_argument("--percdamp", type=float, default=0.01, help="quality: Hessian damping of SparseGPT/GPTQ")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default <suite>.json)")
     parser.add_argument("--rows", help="quality: only these comma-separated row names (e.g. rtn-int3-g64)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
-    out = RESULTS / f"{args.suite}.json"
+    out = args.out or RESULTS / f"{args.suite}.json"
     if args.suite == "quality":
         quality(out, set(args.rows.split(",")) if args.rows else None, args.calibration_tokens, args.percdamp)
     else:
