@@ -1,7 +1,7 @@
 """Pure tensor operators: (weight, statistics, settings) → new tensors. No modules, no state."""
 
 from .lowrank import SVDFactors, lowrank_params, lowrank_weight, svd_factors, tail_energy
-from .quant import fake_quant, quant_error, sdq
+from .quant import dequantize_groups, fake_quant, quant_error, quantize_groups, sdq
 from .sparsity import (
     magnitude_score,
     nm_mask,
@@ -14,6 +14,7 @@ from .sparsity import (
 
 __all__ = [
     "SVDFactors",
+    "dequantize_groups",
     "fake_quant",
     "lowrank_params",
     "lowrank_weight",
@@ -22,6 +23,7 @@ __all__ = [
     "pruned_mass",
     "pruned_per_row",
     "quant_error",
+    "quantize_groups",
     "row_ranks",
     "sdq",
     "svd_factors",
