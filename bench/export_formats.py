@@ -31,7 +31,7 @@ GROUP = 64  # divides smollm2's 576 and 1536 inputs (128 does not divide 576)
 
 def _linear_file_bytes(directory: Path, layer_names: list[str]) -> int:
     """Bytes of the tensors that belong to the compressible linear layers, over every shard."""
-    from compress.checkpoint_files import weight_files
+    from compress.weight_files import weight_files
 
     prefixes = tuple(f"{name}." for name in layer_names)
     total = 0

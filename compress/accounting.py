@@ -1,8 +1,9 @@
 """Exact parameter and byte accounting of a per-layer compression config.
 
-This module is the project's definition of ``params_kept`` and ``bytes``. Every count equals what the
-operators in ``compress.ops`` produce. Within a layer the operators apply in a fixed order: low rank,
-then sparsity, then quantization.
+This module is the project's definition of ``params_kept`` and ``bytes``: it sums what each
+operator's handler (``compress.operators``) says its stored format costs, and every count equals
+what the operators in ``compress.ops`` produce. The rules below are those of today's handlers.
+Within a layer the operators apply in a fixed order: low rank, then sparsity, then quantization.
 
 Stored matrices
     dense (no low rank): the weight ``[out, in]``.
@@ -34,18 +35,17 @@ A layer absent from a config is dense: ``params = in * out``, ``bytes = 2 * para
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 
 from common.errors import ConfigError
 
 from .config import LayerConfig, QuantSpec, SparsitySpec
 from .layers import LinearLayer
-from .ops.sparsity import pruned_per_row
+from .operators import lowrank_handler, quant_handler, sparsity_handler
+from .operators.base import DENSE_BYTES_PER_PARAM, OUTLIER_BYTES, SCALE_BYTES
 
-DENSE_BYTES_PER_PARAM = 2
-SCALE_BYTES = 2  # one fp16 scale per quantization group
-OUTLIER_BYTES = 2  # SDQ outliers are kept at 16 bits
+__all__ = ["DENSE_BYTES_PER_PARAM", "OUTLIER_BYTES", "SCALE_BYTES", "LayerCost", "layer_cost", "model_cost",
+           "stored_shapes"]
 
 
 @dataclass(frozen=True)
@@ -57,66 +57,24 @@ class LayerCost:
         return LayerCost(self.params + other.params, self.bytes + other.bytes)
 
 
-def _bytes(bits: int) -> int:
-    return -(-bits // 8)
-
-
-def _index_bits(m: int) -> int:
-    return math.ceil(math.log2(m))
-
-
 def stored_shapes(layer: LinearLayer, cfg: LayerConfig | None) -> list[tuple[int, int]]:
     """The (rows, cols) of each matrix a layer stores under ``cfg``: the weight, or its two factors."""
-    out, inp = layer.out_features, layer.in_features
     if cfg is None or cfg.lowrank is None:
-        return [(out, inp)]
-    rank = cfg.lowrank.rank
-    if rank > layer.full_rank:
-        raise ConfigError("lowrank.rank", f"rank {rank} exceeds the full rank {layer.full_rank} "
-                                          f"of layer {layer.name} ({out}x{inp})")
-    if rank * (inp + out) < inp * out:
-        return [(out, rank), (rank, inp)]
-    return [(out, inp)]
-
-
-def _describe(layer: LinearLayer, rows: int, cols: int) -> str:
-    if (rows, cols) == (layer.out_features, layer.in_features):
-        return f"layer {layer.name} has in_features={cols}"
-    return f"layer {layer.name} (in_features={layer.in_features}) stores a {rows}x{cols} low-rank factor"
+        return [(layer.out_features, layer.in_features)]
+    return lowrank_handler(cfg.lowrank.method).stored_shapes(layer, cfg.lowrank)
 
 
 def _matrix_cost(layer: LinearLayer, rows: int, cols: int,
                  sparsity: SparsitySpec | None, quant: QuantSpec | None) -> LayerCost:
-    index_bytes = 0
-    nm = sparsity.nm if sparsity is not None else None
     if sparsity is None:
-        kept = rows * cols
-    elif nm is None:
-        pruned = pruned_per_row(cols, sparsity.ratio)
-        kept = rows * (cols - pruned)
-        index_bytes = _bytes(rows * cols) if pruned else 0
+        kept, index_bytes = rows * cols, 0
     else:
-        n, m = nm
-        if cols % m:
-            raise ConfigError("sparsity.pattern", f"{sparsity.pattern} needs rows whose length is a multiple "
-                                                  f"of {m}; {_describe(layer, rows, cols)}")
-        kept = rows * cols // m * n
-        index_bytes = _bytes(kept * _index_bits(m))
-
+        kept, index_bytes = sparsity_handler(sparsity.score).cost(layer, rows, cols, sparsity)
     if quant is None:
         value_bytes = DENSE_BYTES_PER_PARAM * kept
     else:
-        value_bytes = _bytes(kept * quant.bits) + SCALE_BYTES * rows * math.ceil(cols / quant.group_size)
-        outlier_nm = quant.outlier_nm
-        if outlier_nm is not None:
-            n, m = outlier_nm
-            if cols % m:
-                raise ConfigError("quant.outliers", f"{quant.outliers} needs rows whose length is a multiple "
-                                                    f"of {m}; {_describe(layer, rows, cols)}")
-            outliers = rows * cols // m * n
-            value_bytes += OUTLIER_BYTES * outliers + _bytes(outliers * _index_bits(m))
+        value_bytes = quant_handler(quant.method).value_bytes(layer, rows, cols, kept, quant)
     return LayerCost(kept, value_bytes + index_bytes)
-
 
 def layer_cost(layer: LinearLayer, cfg: LayerConfig | None) -> LayerCost:
     """Stored weights and bytes of one linear layer under ``cfg`` (``None`` = dense)."""

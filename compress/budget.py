@@ -1,9 +1,11 @@
 """Per-layer keep ratios → budget-exact layer configs.
 
-An *operator* here is what reduces a layer's parameters: ``wanda`` / ``magnitude`` (unstructured
-sparsity), ``svd`` / ``svd-whitened`` (low rank), ``nm-2:4`` / ``nm-4:8`` (N:M sparsity, a fixed
-keep of N/M or dense). ``int8`` / ``int4`` / ``sdq`` quantize what is stored on top (bytes, not
-params). A keep ratio becomes a setting by exact rounding (whole weights per row, whole ranks).
+The operators come from ``compress.registry``, by family: ``sparsity`` (unstructured, e.g.
+``wanda`` / ``magnitude``), ``lowrank`` (``svd`` / ``svd-whitened``), ``nm`` (N:M sparsity, a
+fixed keep of N/M or dense: ``nm-2:4`` / ``nm-4:8``) reduce a layer's parameters; ``quant``
+operators (``int8`` / ``int4`` / ``sdq``) quantize what is stored on top (bytes, not params). A
+keep ratio becomes a setting of the operator's method by exact rounding (whole weights per row,
+whole ranks); the tables below are derived from the registry, never written here.
 
 ``project_to_budget`` finds one global scalar ``t`` by bisection so that the configs of a
 monotone family ``keep(t)`` meet the budget: every config that reaches a worker is feasible by
@@ -13,6 +15,7 @@ construction. Costs are computed in closed form with numpy (microseconds per ste
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,13 +23,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import BudgetError, ConfigError
-from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsityScore, SparsitySpec
+from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec, parse_nm
 from compress.layers import LinearLayer
+from compress.registry import OPERATORS as REGISTRY
+from compress.registry import operators_of
 
-SPARSITY_OPERATORS: dict[str, SparsityScore] = {"wanda": "wanda", "magnitude": "magnitude"}
-LOWRANK_OPERATORS = {"svd": "svd", "svd-whitened": "svd-whitened"}
-NM_OPERATORS = {"nm-2:4": (2, 4), "nm-4:8": (4, 8)}
-QUANT_OPERATORS = {"int8": QuantSpec(8, 128), "int4": QuantSpec(4, 128), "sdq": QuantSpec(4, 128, "1:8")}
+# operator -> the method its layer entries name
+SPARSITY_OPERATORS: dict[str, str] = {name: REGISTRY[name].method for name in operators_of("sparsity")}
+LOWRANK_OPERATORS: dict[str, str] = {name: REGISTRY[name].method for name in operators_of("lowrank")}
+# operator -> (N, M), and the method it prunes with
+NM_OPERATORS: dict[str, tuple[int, int]] = {
+    name: parse_nm(str(REGISTRY[name].preset["pattern"]), "pattern") for name in operators_of("nm")
+}
+NM_METHODS: dict[str, str] = {name: REGISTRY[name].method for name in operators_of("nm")}
+QUANT_OPERATORS: dict[str, QuantSpec] = {
+    name: QuantSpec(**REGISTRY[name].preset, method=REGISTRY[name].method)  # type: ignore[arg-type]
+    for name in operators_of("quant")
+}
 PARAM_OPERATORS = (*SPARSITY_OPERATORS, *LOWRANK_OPERATORS, *NM_OPERATORS)
 OPERATORS = (*PARAM_OPERATORS, *QUANT_OPERATORS)
 MIN_KEEP = 0.02
@@ -89,23 +102,40 @@ def kept_params(arrays: LayerArrays, keep: np.ndarray, kinds: np.ndarray) -> np.
 def layer_config(layer: LinearLayer, keep: float, operator: str, quant: QuantSpec | None = None) -> LayerConfig:
     """The setting of ``operator`` that keeps ``keep`` of the layer (rounded as ``kept_params`` does)."""
     if keep >= 1.0:
-        return LayerConfig(quant=quant)
+        return _layer(None, None, quant)
     # Scalar twins of _sparse_pruned and _ranks (same rounding): a search builds ~10^5 of these per round.
     if operator in SPARSITY_OPERATORS:
         cols = layer.in_features
         pruned = min(max(round((1.0 - keep) * cols), 0), cols - 1)
         ratio = pruned / cols
-        return LayerConfig(sparsity=SparsitySpec(ratio, SPARSITY_OPERATORS[operator]) if pruned else None, quant=quant)
+        return _layer(None, _sparsity(ratio, SPARSITY_OPERATORS[operator], "unstructured") if pruned else None, quant)
     if operator in LOWRANK_OPERATORS:
         full = min(layer.out_features, layer.in_features)
         rank = min(max(math.floor(keep * layer.params / (layer.in_features + layer.out_features)), 1), full)
         if rank * (layer.in_features + layer.out_features) >= layer.params:
-            return LayerConfig(quant=quant)
-        return LayerConfig(lowrank=LowRankSpec(rank, LOWRANK_OPERATORS[operator]), quant=quant)  # type: ignore[arg-type]
+            return _layer(None, None, quant)
+        return _layer(_lowrank(rank, LOWRANK_OPERATORS[operator]), None, quant)
     if operator in NM_OPERATORS:
         n, m = NM_OPERATORS[operator]
-        return LayerConfig(sparsity=SparsitySpec(1 - n / m, "wanda", f"{n}:{m}"), quant=quant)
+        return _layer(None, _sparsity(1 - n / m, NM_METHODS[operator], f"{n}:{m}"), quant)
     raise ConfigError("operators", f"unknown operator {operator!r}")
+
+
+# The settings are frozen and validated on construction (a few µs each): memoized, since a search
+# asks for the same few thousand settings ~10^5 times per round.
+@functools.lru_cache(maxsize=1 << 16)
+def _sparsity(ratio: float, method: str, pattern: str) -> SparsitySpec:
+    return SparsitySpec(ratio, method, pattern)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _lowrank(rank: int, method: str) -> LowRankSpec:
+    return LowRankSpec(rank, method)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _layer(lowrank: LowRankSpec | None, sparsity: SparsitySpec | None, quant: QuantSpec | None) -> LayerConfig:
+    return LayerConfig(lowrank=lowrank, sparsity=sparsity, quant=quant)
 
 
 def _kinds(operators: Sequence[str]) -> np.ndarray:

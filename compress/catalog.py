@@ -140,7 +140,7 @@ def _load_dir(path: Path, kind: ModelKind | None = None) -> tuple[nn.Module, Any
     kind = kind or _kind_of_config(path)
     loader = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
     if (path / "slimscout_manifest.json").is_file():  # written by `slimscout apply`: may hold factored layers
-        from compress.export import load_compressed
+        from compress.checkpoint import load_compressed
 
         model = load_compressed(path)
     else:

@@ -11,26 +11,38 @@ Within one layer the operators apply in a fixed order: low rank first, then spar
 dense weight, or of both factors when a rank is set), then quantization (of whatever is stored;
 ``outliers`` "N:M" keeps an N:M-structured set of the largest weights in 16 bits, SDQ style).
 A layer absent from ``layers`` stays dense; an empty ``layers`` means the dense model.
-Every entry is validated on construction; errors name the field (``layers.<name>.sparsity.ratio``).
+
+Each slot names its method (``lowrank.method``, ``sparsity.score``, ``quant.method``), one of the
+methods ``compress.registry`` lists for that slot. ``quant.method`` is written only when it is not
+the default ``rtn``, so every v1 document reads and writes back byte for byte as before.
+
+The entries are frozen pydantic dataclasses in strict mode (no coercion: ``"0.4"`` or ``true`` is
+not a number) that forbid unknown fields; they keep positional construction
+(``SparsitySpec(0.5, "wanda")``). Every entry is validated on construction; errors are
+``ConfigError`` naming the field (``layers.<name>.sparsity.ratio``). Torch-free.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
+
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from common.errors import ConfigError
+from compress.registry import DEFAULT_QUANT_METHOD, method_info
 
 SCHEMA_V1 = "slimscout.config/v1"
-LowRankMethod = Literal["svd", "svd-whitened"]
-SparsityScore = Literal["magnitude", "wanda"]
-LOWRANK_METHODS: tuple[str, ...] = ("svd", "svd-whitened")
-SPARSITY_SCORES: tuple[str, ...] = ("magnitude", "wanda")
 NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
-QUANT_BITS = (4, 8)
+_STRICT = ConfigDict(strict=True, extra="forbid")
+# Kept for callers that type a setting by name; the registry decides which names are valid.
+LowRankMethod = str
+SparsityScore = str
 
 
 def parse_nm(pattern: str, where: str) -> tuple[int, int]:
@@ -43,63 +55,133 @@ def parse_nm(pattern: str, where: str) -> tuple[int, int]:
     return n, m
 
 
-@dataclass(frozen=True)
+def _field_names(cls: type[Any]) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _from_validation(exc: ValidationError, cls: type[Any], where: str) -> ConfigError:
+    """The first pydantic error as a ConfigError naming ``<where>.<field>`` (positional args by name)."""
+    error = exc.errors(include_url=False)[0]
+    names = _field_names(cls)
+    parts = [names[part] if isinstance(part, int) and part < len(names) else str(part) for part in error["loc"]]
+    loc = ".".join(parts)
+    field = f"{where}.{loc}" if where and loc else (where or loc)
+    if error["type"] == "unexpected_keyword_argument":
+        return ConfigError(field, f"unknown field (allowed: {', '.join(sorted(names))})")
+    if error["type"] == "missing_argument":
+        return ConfigError(field, "required")
+    return ConfigError(field, f"{error['msg']}, got {error.get('input')!r}")
+
+
+_T = TypeVar("_T")
+
+
+def _config_errors(cls: type[_T]) -> type[_T]:
+    """Make construction raise ConfigError naming the field, as every caller expects, not ValidationError."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise _from_validation(exc, cls, "") from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_config_errors
+@dataclass(frozen=True, config=_STRICT)
 class LowRankSpec:
-    rank: int
+    rank: int = Field(ge=1)
     method: LowRankMethod = "svd-whitened"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError("rank", f"must be a positive integer, got {self.rank!r}")
-        if self.method not in LOWRANK_METHODS:
-            raise ConfigError("method", f"must be one of {', '.join(LOWRANK_METHODS)}, got {self.method!r}")
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        method_info("lowrank", value)
+        return value
 
 
-@dataclass(frozen=True)
+@_config_errors
+@dataclass(frozen=True, config=_STRICT)
 class SparsitySpec:
-    """``ratio`` is the fraction of weights set to zero; an N:M pattern fixes it at 1 - N/M."""
+    """``ratio`` is the fraction of weights set to zero; an N:M pattern fixes it at 1 - N/M.
 
-    ratio: float
+    ``score`` names the sparsity method (a score such as ``wanda``, or any registered method).
+    """
+
+    ratio: float = Field(ge=0.0, lt=1.0)
     score: SparsityScore = "wanda"
     pattern: str = "unstructured"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0.0 <= self.ratio < 1.0:
-            raise ConfigError("ratio", f"must be a number in [0, 1), got {self.ratio!r}")
-        if self.score not in SPARSITY_SCORES:
-            raise ConfigError("score", f"must be one of {', '.join(SPARSITY_SCORES)}, got {self.score!r}")
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, value: str) -> str:
+        method_info("sparsity", value)
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        if value != "unstructured":
+            parse_nm(value, "pattern")
+        return value
+
+    @model_validator(mode="after")
+    def _ratio_matches_pattern(self) -> SparsitySpec:
         if self.pattern != "unstructured":
             n, m = parse_nm(self.pattern, "pattern")
             if abs(self.ratio - (1 - n / m)) > 1e-9:
                 raise ConfigError(
                     "ratio", f"pattern {self.pattern} zeroes {1 - n / m:g} of weights, ratio says {self.ratio!r}"
                 )
+        return self
 
     @property
     def nm(self) -> tuple[int, int] | None:
         return None if self.pattern == "unstructured" else parse_nm(self.pattern, "pattern")
 
 
-@dataclass(frozen=True)
+@_config_errors
+@dataclass(frozen=True, config=_STRICT)
 class QuantSpec:
     bits: int = 8
-    group_size: int = 128
+    group_size: int = Field(default=128, ge=1)
     outliers: str | None = None  # "N:M": keep N of every M weights (largest |w|) in 16 bits
+    method: str = DEFAULT_QUANT_METHOD
 
-    def __post_init__(self) -> None:
-        if self.bits not in QUANT_BITS or isinstance(self.bits, bool):
-            raise ConfigError("bits", f"must be one of {QUANT_BITS}, got {self.bits!r}")
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ConfigError("group_size", f"must be a positive integer, got {self.group_size!r}")
-        if self.outliers is not None:
-            parse_nm(self.outliers, "outliers")
+    @field_validator("outliers")
+    @classmethod
+    def _outliers(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_nm(value, "outliers")
+        return value
+
+    @model_validator(mode="after")
+    def _bits_of_method(self) -> QuantSpec:
+        try:
+            supported = method_info("quant", self.method).bits
+        except ConfigError as exc:
+            raise ConfigError("method", exc.reason) from None
+        if self.bits not in supported:
+            raise ConfigError("bits", f"must be one of {supported} for method {self.method!r}, got {self.bits!r}")
+        return self
 
     @property
     def outlier_nm(self) -> tuple[int, int] | None:
         return None if self.outliers is None else parse_nm(self.outliers, "outliers")
 
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        if raw["method"] == DEFAULT_QUANT_METHOD:  # v1 documents never wrote it
+            del raw["method"]
+        return raw
 
-@dataclass(frozen=True)
+
+@_config_errors
+@dataclass(frozen=True, config=_STRICT)
 class LayerConfig:
     lowrank: LowRankSpec | None = None
     sparsity: SparsitySpec | None = None
@@ -110,18 +192,22 @@ class LayerConfig:
         return self.lowrank is None and self.sparsity is None and self.quant is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            key: asdict(value)
-            for key, value in (("lowrank", self.lowrank), ("sparsity", self.sparsity), ("quant", self.quant))
-            if value is not None
-        }
+        out: dict[str, Any] = {}
+        if self.lowrank is not None:
+            out["lowrank"] = asdict(self.lowrank)
+        if self.sparsity is not None:
+            out["sparsity"] = asdict(self.sparsity)
+        if self.quant is not None:
+            out["quant"] = self.quant.to_dict()
+        return out
 
 
-@dataclass(frozen=True)
+@_config_errors
+@dataclass(frozen=True, config=_STRICT)
 class CompressionConfig:
-    model_id: str
-    layers: dict[str, LayerConfig] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    model_id: str = Field(min_length=1)
+    layers: dict[str, LayerConfig] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,16 +230,10 @@ _SPEC_TYPES: dict[str, type[Any]] = {"lowrank": LowRankSpec, "sparsity": Sparsit
 def _build(cls: type[Any], raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(where, f"must be an object, got {type(raw).__name__}")
-    allowed = set(cls.__dataclass_fields__)
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
     try:
         return cls(**raw)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc.field}" if exc.field else where, exc.reason) from None
-    except TypeError as exc:
-        raise ConfigError(where, str(exc)) from None
 
 
 def layer_from_dict(raw: Any, where: str) -> LayerConfig:
@@ -198,3 +278,19 @@ def load_config(path: str | Path) -> CompressionConfig:
     except RecursionError:
         raise ConfigError("", f"config file {path} nests too deeply to be a config document") from None
     return config_from_dict(raw)
+
+
+__all__ = [
+    "SCHEMA_V1",
+    "CompressionConfig",
+    "LayerConfig",
+    "LowRankMethod",
+    "LowRankSpec",
+    "QuantSpec",
+    "SparsityScore",
+    "SparsitySpec",
+    "config_from_dict",
+    "layer_from_dict",
+    "load_config",
+    "parse_nm",
+]

@@ -1,4 +1,8 @@
-"""Write a compressed checkpoint (``slimscout apply``) and load it back (``load_compressed``).
+"""Write a compressed checkpoint (``slimscout apply``); ``compress.checkpoint`` reads it back.
+
+(``load_compressed`` and the format's names live in ``compress.checkpoint``, which does not need a
+session, so that ``compress.catalog`` can load an export without importing this module; they are
+re-exported here.)
 
 An export is a Hugging Face-style directory::
 
@@ -26,7 +30,7 @@ Every value equals what ``ModelSession.compressed_weight`` computes (dense layer
 factors are checked bit for bit against it), so evaluating the export equals evaluating the config.
 
 Weights are written in the dtype the user picks (float32, bfloat16, float16), sharded with an
-index once they pass ``max_shard_size`` (``compress.checkpoint_files``), next to the tokenizer, the
+index once they pass ``max_shard_size`` (``compress.weight_files``), next to the tokenizer, the
 generation config and a ``README.md`` model card (``compress.model_card``). ``format`` picks the
 layout: ``slimscout`` (this module) or ``compressed-tensors`` (``compress.export_ct``: packed integer
 codes that vLLM and transformers load); the manifest names it.
@@ -52,47 +56,52 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from common.errors import CorruptCheckpointError, ExportError, ModelNotFoundError
-from common.settings import get_settings
+from common.errors import ExportError
 from compress.accounting import layer_cost, stored_shapes
-from compress.checkpoint_files import DEFAULT_SHARD_SIZE, files_bytes, load_weights, save_weights
+from compress.checkpoint import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    MANIFEST_SCHEMA,
+    WEIGHTS_NAME,
+    LowRankLinear,
+    build_skeleton,
+    load_compressed,
+    read_manifest,
+    set_module,
+)
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer, count_params
 from compress.model_card import CardMeasurement, render
+from compress.weight_files import DEFAULT_SHARD_SIZE, files_bytes, save_weights
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
     from compress.export_ct import LayerPlan
     from compress.session import ModelSession
 
-MANIFEST_NAME = "slimscout_manifest.json"
-CONFIG_NAME = "slimscout_config.json"
-WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-MANIFEST_SCHEMA = "slimscout.manifest/v1"
-FORMAT_VERSION = 1
 EXPORT_FORMATS = ("slimscout", "compressed-tensors")
 
-
-class LowRankLinear(nn.Module):
-    """``up(down(x))``: a rank-``r`` linear layer stored as two factors, ``down`` [r, in], ``up`` [out, r]."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, *, bias: bool = False,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
-        self.up = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.up(self.down(x))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
+__all__ = [
+    "CARD_NAME",
+    "CONFIG_NAME",
+    "EXPORT_FORMATS",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "MANIFEST_SCHEMA",
+    "WEIGHTS_NAME",
+    "ExportResult",
+    "LowRankLinear",
+    "build_manifest",
+    "check_target",
+    "compressed_model",
+    "export_compressed",
+    "is_factored",
+    "load_compressed",
+    "read_manifest",
+]
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -139,14 +148,6 @@ def _build_factored(session: ModelSession, name: str, cfg: LayerConfig) -> LowRa
     return module
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    previous: nn.Module = getattr(parent, child)
-    setattr(parent, child, module)
-    return previous
-
-
 @contextmanager
 def compressed_model(session: ModelSession, config: CompressionConfig, *,
                      merge: bool = False) -> Iterator[nn.Module]:
@@ -159,12 +160,12 @@ def compressed_model(session: ModelSession, config: CompressionConfig, *,
                 for layer in session.layers:
                     cfg = config.layers.get(layer.name)
                     if cfg is not None and is_factored(layer, cfg):
-                        originals[layer.name] = _set_module(session.model, layer.name,
+                        originals[layer.name] = set_module(session.model, layer.name,
                                                             _build_factored(session, layer.name, cfg))
             yield session.model
         finally:
             for name, module in originals.items():
-                _set_module(session.model, name, module)
+                set_module(session.model, name, module)
 
 
 def _layer_entry(layer: LinearLayer, cfg: LayerConfig | None, *, storage: str, element_size: int,
@@ -203,7 +204,7 @@ def _layer_entry(layer: LinearLayer, cfg: LayerConfig | None, *, storage: str, e
 def _absent_modules(model: nn.Module, kind: str) -> list[str]:
     """Submodules the architecture built from config has but ``model`` leaves out (set to None), such as
     the pooler of a ``BertModel(add_pooling_layer=False)``; the loader leaves them out too."""
-    skeleton = _skeleton(model.config, kind)
+    skeleton = build_skeleton(model.config, kind)
     absent: list[str] = []
     for name, _ in skeleton.named_modules():
         if not name or any(name.startswith(f"{prefix}.") for prefix in absent):
@@ -375,136 +376,3 @@ def _replace(staging: Path, out: Path, *, force: bool) -> None:
         trash.rename(out)
         raise
     shutil.rmtree(trash, ignore_errors=True)
-
-
-# -- loading ---------------------------------------------------------------------------------
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    file = path / MANIFEST_NAME
-    if not file.is_file():
-        raise ModelNotFoundError(f"{path} is not a slimscout export (no {MANIFEST_NAME})")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(f"{file} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise CorruptCheckpointError(f"{file} is not a {MANIFEST_SCHEMA} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptCheckpointError(f"{file} has format_version {manifest.get('format_version')!r}; "
-                                     f"this slimscout reads {FORMAT_VERSION}")
-    return manifest
-
-
-@contextmanager
-def _skip_init() -> Iterator[None]:
-    """Skip random initialization while building the skeleton (every weight is loaded after)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers: initialize (slower, same result)
-        yield
-        return
-    with no_init_weights():
-        yield
-
-
-def _skeleton(model_config: Any, kind: str) -> PreTrainedModel:
-    """The architecture ``model_config`` describes, float32, weights uninitialized."""
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    loader = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    with _skip_init():
-        return loader.from_config(model_config, trust_remote_code=get_settings().trust_remote_code,
-                                  dtype=torch.float32)
-
-
-def _check_keys(model: nn.Module, missing: list[str], unexpected: list[str], file: Path) -> None:
-    """Allow missing keys only for weights tied to a loaded one (the LM head tied to the embeddings)."""
-    if unexpected:
-        raise CorruptCheckpointError(f"checkpoint {file} does not match its manifest: unexpected tensors "
-                                     f"{', '.join(sorted(unexpected)[:3])}")
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing_set = set(missing)
-    loaded = {id(tensor) for name, tensor in params.items() if name not in missing_set}
-    untied = [name for name in missing if name not in params or id(params[name]) not in loaded]
-    if untied:
-        raise CorruptCheckpointError(f"checkpoint {file} does not match its manifest: missing tensors "
-                                     f"{', '.join(sorted(untied)[:3])}")
-
-
-def load_compressed(path: str | Path, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A model written by ``slimscout apply``, with LowRankLinear for its factored layers, in eval mode.
-
-    Builds the architecture from config.json (no weights; remote code only if settings allow) and loads
-    model.safetensors strictly. Raises ModelNotFoundError / CorruptCheckpointError with one-line messages.
-    """
-    from transformers import AutoConfig
-
-    path = Path(path).expanduser()
-    manifest = read_manifest(path)
-    trust = get_settings().trust_remote_code
-    if not (path / "config.json").is_file():
-        raise CorruptCheckpointError(f"{path} is an export without config.json")
-    if manifest.get("format", "slimscout") != "slimscout":  # a standard layout: transformers reads it
-        return _load_standard(path, manifest, dtype=dtype)
-    model = _skeleton(AutoConfig.from_pretrained(path, trust_remote_code=trust), manifest.get("kind", ""))
-    for name in manifest.get("absent_modules", []):
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, None)
-    for name, entry in manifest.get("layers", {}).items():
-        if entry.get("storage") != "factored":
-            continue
-        try:
-            dense = model.get_submodule(name)
-        except AttributeError:
-            raise CorruptCheckpointError(f"{path / MANIFEST_NAME} names layer {name}, which the model "
-                                         "built from config.json does not have") from None
-        if not isinstance(dense, nn.Linear):
-            raise CorruptCheckpointError(f"{path / MANIFEST_NAME}: {name} is not a linear layer")
-        _set_module(model, name, LowRankLinear(dense.in_features, dense.out_features, int(entry["rank"]),
-                                               bias=dense.bias is not None, dtype=dense.weight.dtype))
-    state = load_weights(path)
-    file = path / WEIGHTS_NAME
-    model.tie_weights()  # before loading, so that a tied weight is filled through whichever name was saved
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise CorruptCheckpointError(f"checkpoint {file} does not match its manifest ({first})") from None
-    _check_keys(model, list(result.missing_keys), list(result.unexpected_keys), file)
-    if dtype is not None:
-        nn.Module.to(model, dtype)  # (PreTrainedModel.to is typed for devices only)
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-def _load_standard(path: Path, manifest: dict[str, Any], *, dtype: torch.dtype | None) -> PreTrainedModel:
-    """A compressed-tensors export, through transformers (which needs the compressed-tensors package).
-
-    Packed layers are decompressed by the compressed-tensors library once, right after loading, and
-    left as plain Linear layers holding their on-grid weights, as the session and the evaluator
-    expect (a deployment runtime such as vLLM keeps them packed instead). transformers' own
-    ``dequantize=True`` load path is not used: for 8-bit packed layers it does not reproduce the
-    library's decompression (measured here: up to 0.08 off per weight, transformers 5.24).
-    """
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    loader = AutoModelForCausalLM if manifest.get("kind") == "causal-lm" else AutoModel
-    try:
-        model = loader.from_pretrained(path, use_safetensors=True, dtype=dtype or torch.float32,
-                                       trust_remote_code=get_settings().trust_remote_code)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
-        raise CorruptCheckpointError(f"checkpoint {path} does not load ({first})") from None
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.compressor.decompress_model(model)
-        for module in model.modules():
-            if hasattr(module, "quantization_scheme"):
-                for name in ("weight_scale", "weight_zero_point", "weight_shape", "weight_global_scale"):
-                    if hasattr(module, name):
-                        delattr(module, name)
-                del module.quantization_scheme
-    model.eval()
-    model.requires_grad_(False)
-    return model

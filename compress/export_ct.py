@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from common.errors import ExportError
-from compress.checkpoint_files import save_weights
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer
 from compress.ops import dequantize_groups, quantize_groups
+from compress.weight_files import save_weights
 
 if TYPE_CHECKING:
     from compress.session import ModelSession

@@ -2,9 +2,14 @@
 
 What is expensive is done once per (model, calibration data) and persisted on disk under
 ``cache_dir/stats/<model fingerprint>-<data fingerprint>/`` (safetensors), then reused across
-trials, processes and restarts: calibration Gram matrices, SVD factors (plain and whitened), and
-per-row score orders for sparsity. Applying a config is then a few small matmuls and masks per
-layer; restoring copies the dense weights back, bit for bit.
+trials, processes and restarts: calibration Gram matrices, SVD factors (per low-rank method), and
+per-row score orders (per score-based sparsity method). Applying a config is then a few small
+matmuls and masks per layer; restoring copies the dense weights back, bit for bit.
+
+Every operator is reached through its handler (``compress.operators``, named by
+``compress.registry``): the session owns the caches and the order of the stages (low rank,
+sparsity, quantization), the handlers own the maths. The session is the handlers'
+``LayerContext``.
 """
 
 from __future__ import annotations
@@ -32,19 +37,9 @@ from compress.config import CompressionConfig, LayerConfig
 from compress.data import DEFAULT_DATASET, Split, token_stream
 from compress.layers import LinearLayer, count_params, linear_layers
 from compress.measure import Evaluator
-from compress.ops import (
-    SVDFactors,
-    fake_quant,
-    lowrank_params,
-    magnitude_score,
-    nm_mask,
-    pruned_per_row,
-    row_ranks,
-    sdq,
-    svd_factors,
-    unstructured_mask,
-    wanda_score,
-)
+from compress.operators import lowrank_handler, quant_handler, score_handler, sparsity_handler
+from compress.operators.base import SparsityHandler
+from compress.ops import SVDFactors, lowrank_params, pruned_per_row, row_ranks, unstructured_mask
 
 log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_TOKENS = 4096
@@ -100,6 +95,7 @@ class ModelSession:
         # Layers holding unstructured sparsity written from the ranks: (score, weights pruned per row).
         self._pruned: dict[str, tuple[str, int]] = {}
         self._orders: dict[str, dict[str, torch.Tensor]] = {}
+        self._handler_caches: dict[str, dict[str, object]] = {}
         self.timings = CacheTimings()
         self.params_total = count_params(self.model)
         self.params_linear = sum(layer.params for layer in self.layers)
@@ -147,10 +143,19 @@ class ModelSession:
         )
         return self._stats
 
+    def dense_weight(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s dense weight (the session's copy: do not modify it)."""
+        return self._dense[name]
+
+    def handler_cache(self, owner: str) -> dict[str, object]:
+        """A per-session dict a handler keeps its own state in (e.g. a loaded level database)."""
+        return self._handler_caches.setdefault(owner, {})
+
     def svd(self, method: str) -> dict[str, SVDFactors]:
-        """All layers' SVD factors for ``svd`` or ``svd-whitened`` (built once, then from disk)."""
+        """All layers' factors for low-rank ``method`` (built once by its handler, then from disk)."""
         if method in self._svd:
             return self._svd[method]
+        handler = lowrank_handler(method)
         path = self.cache_dir / f"{method}.safetensors"
         if path.is_file():
             start = time.perf_counter()
@@ -161,10 +166,10 @@ class ModelSession:
             }
             self.timings.load_s += time.perf_counter() - start
         else:
-            stats = self.stats() if method == "svd-whitened" else None
+            stats = self.stats() if handler.needs_stats else None
             start = time.perf_counter()
             factors = {
-                name: svd_factors(self._dense[name], stats.gram(name) if stats else None) for name in self.by_name
+                name: handler.factors(self._dense[name], stats.gram(name) if stats else None) for name in self.by_name
             }
             self.timings.svd_s += time.perf_counter() - start
             self.timings.built.append(method)
@@ -179,16 +184,19 @@ class ModelSession:
         self._svd[method] = factors
         return factors
 
+    def _input_norm(self, handler: SparsityHandler, name: str) -> torch.Tensor | None:
+        return self.stats().input_norm(name) if handler.needs_stats else None
+
     def score(self, kind: str, name: str) -> torch.Tensor:
-        weight = self._dense[name]
-        if kind == "wanda":
-            return wanda_score(weight, self.stats().input_norm(name))
-        return magnitude_score(weight)
+        """Layer ``name``'s dense weight scored by the score-based sparsity method ``kind``."""
+        handler = score_handler(kind)
+        return handler.score(self._dense[name], self._input_norm(handler, name))
 
     def ranks(self, kind: str) -> dict[str, torch.Tensor]:
         """Per-row rank of every weight under a sparsity score; any ratio's mask is one comparison."""
         if kind in self._ranks:
             return self._ranks[kind]
+        score_handler(kind)  # an unknown or unranked method fails here, before any file is read
         path = self.cache_dir / f"ranks-{kind}.safetensors"
         if path.is_file():
             start = time.perf_counter()
@@ -208,13 +216,18 @@ class ModelSession:
 
     def warm(self, config: CompressionConfig) -> None:
         """Build or load every cache this config needs (so apply timings measure only applying)."""
-        for layer_cfg in config.layers.values():
+        for name, layer_cfg in config.layers.items():
             if layer_cfg.lowrank:
                 self.svd(layer_cfg.lowrank.method)
-            if layer_cfg.sparsity and layer_cfg.sparsity.score == "wanda":
-                self.stats()
-            if layer_cfg.sparsity and layer_cfg.sparsity.pattern == "unstructured" and not layer_cfg.lowrank:
-                self.ranks(layer_cfg.sparsity.score)
+            if layer_cfg.sparsity:
+                handler = sparsity_handler(layer_cfg.sparsity.score)
+                if handler.needs_stats:
+                    self.stats()
+                if handler.ranked and layer_cfg.sparsity.pattern == "unstructured" and not layer_cfg.lowrank:
+                    self.ranks(layer_cfg.sparsity.score)
+                handler.warm(self, name, layer_cfg.sparsity)
+            if layer_cfg.quant:
+                quant_handler(layer_cfg.quant.method).warm(self, name, layer_cfg.quant)
 
     # -- accounting --------------------------------------------------------------------------
     def cost(self, config: CompressionConfig) -> LayerCost:
@@ -227,75 +240,53 @@ class ModelSession:
         self.cost(config)
 
     # -- applying ----------------------------------------------------------------------------
-    def _sparsify(
-        self,
-        matrix: torch.Tensor,
-        cfg: LayerConfig,
-        name: str,
-        *,
-        input_norm: torch.Tensor | None,
-        cached_ranks: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        sparsity = cfg.sparsity
-        assert sparsity is not None
-        if sparsity.ratio == 0:
-            return matrix
-        if cached_ranks is not None:
-            return matrix.masked_fill(~unstructured_mask(cached_ranks, sparsity.ratio), 0.0)
-        score = wanda_score(matrix, input_norm) if input_norm is not None else magnitude_score(matrix)
-        nm = sparsity.nm
-        if nm is None:
-            return matrix.masked_fill(~unstructured_mask(row_ranks(score), sparsity.ratio), 0.0)
-        try:
-            return matrix.masked_fill(~nm_mask(score, *nm), 0.0)
-        except ConfigError as exc:
-            raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
-
-    @staticmethod
-    def _quantize(matrix: torch.Tensor, cfg: LayerConfig) -> torch.Tensor:
+    def _quantize(self, matrix: torch.Tensor, cfg: LayerConfig, name: str) -> torch.Tensor:
         quant = cfg.quant
         assert quant is not None
-        nm = quant.outlier_nm
-        if nm is None:
-            return fake_quant(matrix, quant.bits, quant.group_size)
-        return sdq(matrix, quant.bits, quant.group_size, *nm)
+        return quant_handler(quant.method).quantize(self, name, matrix, quant)
 
     def compressed_weight(self, name: str, cfg: LayerConfig) -> torch.Tensor:
         """The dense-shaped weight that layer ``name`` computes with under ``cfg``."""
         layer = self.by_name[name]
-        wanda = cfg.sparsity is not None and cfg.sparsity.score == "wanda"
+        sparsity = cfg.sparsity
+        handler = sparsity_handler(sparsity.score) if sparsity is not None else None
         if cfg.lowrank is None:
             weight = self._dense[name]
-            if cfg.sparsity is not None:
-                cached = self.ranks(cfg.sparsity.score)[name] if cfg.sparsity.nm is None else None
-                norm = self.stats().input_norm(name) if wanda and cached is None else None
-                weight = self._sparsify(weight, cfg, name, input_norm=norm, cached_ranks=cached)
-            return self._quantize(weight, cfg) if cfg.quant is not None else weight
+            if sparsity is not None and handler is not None:
+                cached = self.ranks(sparsity.score)[name] if handler.ranked and sparsity.nm is None else None
+                norm = self._input_norm(handler, name) if cached is None else None
+                weight = handler.sparsify(self, name, weight, sparsity, col_norm=norm, ranks=cached)
+            return self._quantize(weight, cfg, name) if cfg.quant is not None else weight
         rank = cfg.lowrank.rank
-        factors = self.svd(cfg.lowrank.method)[name]
-        left, right = factors.left[:, :rank], factors.right[:rank]
         if lowrank_params(layer.in_features, layer.out_features, rank) >= layer.params:
-            weight = left @ right  # stored dense: factoring would not save parameters
-            if cfg.sparsity is not None:
-                weight = self._sparsify(weight, cfg, name, input_norm=self.stats().input_norm(name) if wanda else None)
-            return self._quantize(weight, cfg) if cfg.quant is not None else weight
+            factors = self.svd(cfg.lowrank.method)[name]
+            weight = factors.left[:, :rank] @ factors.right[:rank]  # stored dense: factoring would not save
+            if sparsity is not None and handler is not None:
+                weight = handler.sparsify(self, name, weight, sparsity, col_norm=self._input_norm(handler, name))
+            return self._quantize(weight, cfg, name) if cfg.quant is not None else weight
         left, right = self.compressed_factors(name, cfg)
         return left @ right
 
     def compressed_factors(self, name: str, cfg: LayerConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """``left`` [out, r] and ``right`` [r, in] of a factored layer (sparsified, quantized), as stored."""
+        """``left`` [out, r] and ``right`` [r, in] of a factored layer (sparsified, quantized), as stored.
+
+        ``right`` is pruned by the layer's input norms, ``left`` by the norms of the latent inputs
+        ``x·rightᵀ`` (both on the calibration data), when the sparsity method uses norms.
+        """
         assert cfg.lowrank is not None
         rank = cfg.lowrank.rank
         factors = self.svd(cfg.lowrank.method)[name]
         left, right = factors.left[:, :rank], factors.right[:rank]
-        if cfg.sparsity is not None:
-            wanda = cfg.sparsity.score == "wanda"
-            norm = self.stats().input_norm(name) if wanda else None
-            latent = (right @ self.stats().gram(name) @ right.T).diagonal().clamp_min(0).sqrt() if wanda else None
-            right = self._sparsify(right, cfg, name, input_norm=norm)
-            left = self._sparsify(left, cfg, name, input_norm=latent)
+        sparsity = cfg.sparsity
+        if sparsity is not None:
+            handler = sparsity_handler(sparsity.score)
+            norm = self._input_norm(handler, name)
+            latent = (right @ self.stats().gram(name) @ right.T).diagonal().clamp_min(0).sqrt() \
+                if handler.needs_stats else None
+            right = handler.sparsify(self, name, right, sparsity, col_norm=norm)
+            left = handler.sparsify(self, name, left, sparsity, col_norm=latent)
         if cfg.quant is not None:
-            left, right = self._quantize(left, cfg), self._quantize(right, cfg)
+            left, right = self._quantize(left, cfg, name), self._quantize(right, cfg, name)
         return left, right
 
     def apply(self, config: CompressionConfig) -> float:
@@ -322,6 +313,8 @@ class ModelSession:
         """
         sparsity = cfg.sparsity
         if cfg.lowrank is not None or cfg.quant is not None or sparsity is None or sparsity.nm is not None:
+            return False
+        if not sparsity_handler(sparsity.score).ranked:
             return False
         in_features = int(out.shape[1])
         cut = pruned_per_row(in_features, sparsity.ratio)

@@ -22,9 +22,13 @@ sparsity of low-rank factors
     on the rank, so that curve is exact in rank (ratios on a grid of 64, interpolated); left rows
     do, so it is tabulated on a grid of ranks from a fixed sample of rows and interpolated.
 quantization
-    ``sum (W - Q(W))²·n² / sum W²·n²`` for the dense weight; for factors the same per factor, in the
-    factor metrics above (cumulative over the rank; the last quantization group of ``left`` is
-    taken from the full-rank factor).
+    ``sum (W - Q(W))²·n² / sum W²·n²`` (Q: the quant method's handler) for the dense weight; for
+    factors the same per factor, in the factor metrics above (cumulative over the rank; the last
+    quantization group of ``left`` is taken from the full-rank factor).
+
+Scores and quantizers are the operators' own handlers (``compress.operators``), never copies. A
+sparsity method without a score (a reconstruction operator) gets the exact relative output error
+``tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)`` of the weight the session computes (``operators.base.output_error``).
 
 Composition: within a layer each stage acts on what the previous one left, so its relative error is
 taken as relative to the energy that remains and errors compose as ``1 - (1-e_lr)(1-e_sp)(1-e_q)``
@@ -44,7 +48,9 @@ import torch
 from common.errors import ConfigError
 from compress.config import LayerConfig, QuantSpec, SparsitySpec
 from compress.layers import LinearLayer
-from compress.ops import fake_quant, lowrank_params, nm_mask, pruned_per_row, row_ranks, sdq
+from compress.operators import quant_handler, score_handler, sparsity_handler
+from compress.operators.base import output_error
+from compress.ops import lowrank_params, nm_mask, pruned_per_row, row_ranks
 from compress.session import ModelSession
 
 RATIO_GRID = 64
@@ -75,19 +81,10 @@ def _safe_ratio(num: float, den: float) -> float:
     return min(max(num / den, 0.0), 1.0) if den > 0 else 0.0
 
 
-def _quantize(matrix: torch.Tensor, quant: QuantSpec) -> torch.Tensor:
-    nm = quant.outlier_nm
-    if nm is None:
-        return fake_quant(matrix, quant.bits, quant.group_size)
-    return sdq(matrix, quant.bits, quant.group_size, *nm)
-
-
 def _score(matrix: torch.Tensor, col_norm2: torch.Tensor, kind: str) -> torch.Tensor:
-    """The pruning score the session uses: |M|·norm (wanda) or |M| (magnitude), float32."""
-    score = matrix.abs()
-    if kind == "wanda":
-        score = score * col_norm2.clamp_min(0).sqrt()[None, :]
-    return score.float()
+    """The pruning score the session uses (the handler of score method ``kind``), float32."""
+    handler = score_handler(kind)
+    return handler.score(matrix, col_norm2.clamp_min(0).sqrt() if handler.needs_stats else None).float()
 
 
 def _cumulative(values: torch.Tensor) -> np.ndarray:
@@ -138,7 +135,14 @@ class LayerProxy:
         return {layer.name: self.error(layer.name, config_layers.get(layer.name)) for layer in self.layers}
 
     # -- composition ---------------------------------------------------------------------------
+    def _quantize(self, name: str, matrix: torch.Tensor, quant: QuantSpec) -> torch.Tensor:
+        return quant_handler(quant.method).quantize(self.session, name, matrix, quant)
+
     def _compute(self, layer: LinearLayer, cfg: LayerConfig) -> float:
+        if cfg.sparsity is not None and not sparsity_handler(cfg.sparsity.score).ranked:
+            # No score to tabulate curves from (a reconstruction method): the exact error, one matmul.
+            compressed = self.session.compressed_weight(layer.name, cfg)
+            return output_error(self._dense(layer.name), compressed, self.session.stats().gram(layer.name))
         e_lr = e_sp = e_q = 0.0
         factored = False
         method, rank = "", 0
@@ -201,7 +205,7 @@ class LayerProxy:
         if key not in self._dense_fixed:
             weight, norm2 = self._dense(name), self._input_norm2(name)
             try:
-                deq = _quantize(weight.float(), quant).double()
+                deq = self._quantize(name, weight.float(), quant).double()
             except ConfigError as exc:
                 raise ConfigError(f"layers.{name}.quant.{exc.field}", exc.reason) from None
             num = float(((weight - deq).square() * norm2[None, :]).sum())
@@ -329,9 +333,9 @@ class LayerProxy:
             left, right = self._factors(name, method)
             norm2 = self._input_norm2(name)
             try:
-                right_q = _quantize(right.float(), quant).double()
+                right_q = self._quantize(name, right.float(), quant).double()
                 pad = -left.shape[1] % quant.outlier_nm[1] if quant.outlier_nm else 0
-                left_q = _quantize(torch.nn.functional.pad(left, (0, pad)).float(), quant).double()
+                left_q = self._quantize(name, torch.nn.functional.pad(left, (0, pad)).float(), quant).double()
             except ConfigError as exc:
                 raise ConfigError(f"layers.{name}.quant.{exc.field}", exc.reason) from None
             sigma2, latent2 = torch.from_numpy(spectrum.sigma2), torch.from_numpy(spectrum.latent2)

@@ -12,7 +12,7 @@ from typing import Any
 from slimscout.commands._common import non_negative_int, note, print_result
 
 FORMATS = ("slimscout", "compressed-tensors")  # compress.export.EXPORT_FORMATS (tested to agree)
-DTYPES = ("float32", "bfloat16", "float16")  # compress.checkpoint_files.DTYPES (tested to agree)
+DTYPES = ("float32", "bfloat16", "float16")  # compress.weight_files.DTYPES (tested to agree)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 def apply(*, model_id: str, config_path: str, out: str, force: bool, merge: bool, export_format: str = "slimscout",
           dtype: str = "float32", max_shard_size: str = "2GB", eval_tokens: int = 0, dataset: str = "lee-news",
           command: str | None = None) -> dict[str, Any]:
-    from compress.checkpoint_files import DTYPES as TORCH_DTYPES
+    from compress.weight_files import DTYPES as TORCH_DTYPES
     from compress.config import load_config
     from compress.export import check_target, export_compressed
     from compress.export_ct import plan_layers

@@ -13,6 +13,7 @@ from compress.budget import (
     logit_family,
     project_to_budget,
 )
+from compress.config import QuantSpec
 from compress.layers import linear_layers
 
 
@@ -65,7 +66,9 @@ def test_unreachable_budgets_are_refused(layers) -> None:  # type: ignore[no-unt
 
 
 def test_operator_lists_are_checked() -> None:
-    assert check_operators(["wanda", "int8"])[1] is not None
+    assert check_operators(["wanda", "int8"]) == (["wanda"], QuantSpec(8, 128))
+    assert check_operators(["svd", "sdq", "nm-2:4"]) == (["svd", "nm-2:4"], QuantSpec(4, 128, "1:8"))
+    assert check_operators(["magnitude"]) == (["magnitude"], None)
     with pytest.raises(ConfigError, match="unknown operator 'prune'"):
         check_operators(["prune"])
     with pytest.raises(ConfigError, match="at least one"):

@@ -95,3 +95,112 @@ def test_unreadable_files_are_clear(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(bad)
+
+
+V1_DOCUMENT = """{
+  "schema": "slimscout.config/v1",
+  "model_id": "tiny-llama",
+  "layers": {
+    "model.layers.0.mlp.down_proj": {
+      "lowrank": {
+        "rank": 8,
+        "method": "svd"
+      },
+      "sparsity": {
+        "ratio": 0.5,
+        "score": "magnitude",
+        "pattern": "2:4"
+      },
+      "quant": {
+        "bits": 4,
+        "group_size": 32,
+        "outliers": "1:8"
+      }
+    },
+    "model.layers.1.self_attn.q_proj": {
+      "sparsity": {
+        "ratio": 0.3,
+        "score": "wanda",
+        "pattern": "unstructured"
+      },
+      "quant": {
+        "bits": 8,
+        "group_size": 128,
+        "outliers": null
+      }
+    }
+  },
+  "meta": {
+    "budget": 0.5
+  }
+}
+"""
+
+
+def test_a_v1_document_reads_and_writes_back_byte_for_byte(tmp_path: Path) -> None:
+    source = tmp_path / "in.json"
+    source.write_text(V1_DOCUMENT)
+    out = tmp_path / "out.json"
+    load_config(source).save(out)
+    assert out.read_text() == V1_DOCUMENT
+
+
+@pytest.mark.parametrize(
+    ("layers", "field"),
+    [
+        ({"a": {"sparsity": {"ratio": "0.4"}}}, "layers.a.sparsity.ratio"),  # strict: no coercion from text
+        ({"a": {"sparsity": {"ratio": True}}}, "layers.a.sparsity.ratio"),
+        ({"a": {"lowrank": {"rank": 4.0}}}, "layers.a.lowrank.rank"),
+        ({"a": {"lowrank": {"rank": True}}}, "layers.a.lowrank.rank"),
+        ({"a": {"lowrank": {}}}, "layers.a.lowrank.rank"),
+        ({"a": {"quant": {"bits": "8"}}}, "layers.a.quant.bits"),
+        ({"a": {"quant": {"bits": 8, "method": "gptq"}}}, "layers.a.quant.method"),
+        ({"a": {"quant": {"bits": 8, "outliers": 3}}}, "layers.a.quant.outliers"),
+        ({"a": {"sparsity": {"ratio": 0.5, "score": 1}}}, "layers.a.sparsity.score"),
+    ],
+)
+def test_strict_types_name_the_field(layers: dict, field: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_doc(layers))
+    assert info.value.field == field
+
+
+def test_direct_construction_names_the_field_too() -> None:
+    with pytest.raises(ConfigError) as info:
+        SparsitySpec(0.5, "random")
+    assert info.value.field == "score"
+    with pytest.raises(ConfigError) as info:
+        LowRankSpec(0)
+    assert info.value.field == "rank"
+    with pytest.raises(ConfigError) as info:
+        QuantSpec(3)
+    assert info.value.field == "bits"
+    with pytest.raises(ConfigError) as info:
+        SparsitySpec(0.3, "wanda", "2:4")
+    assert info.value.field == "ratio"
+
+
+def test_entries_are_frozen_and_hashable() -> None:
+    spec = SparsitySpec(0.5)
+    with pytest.raises(AttributeError):
+        spec.ratio = 0.1  # type: ignore[misc]
+    assert {LayerConfig(sparsity=spec): 1}[LayerConfig(sparsity=SparsitySpec(0.5, "wanda"))] == 1
+
+
+def test_quant_method_is_written_only_when_not_the_default() -> None:
+    assert "method" not in LayerConfig(quant=QuantSpec(8)).to_dict()["quant"]
+    assert QuantSpec(8) == QuantSpec(8, 128, None, "rtn")
+
+
+def test_a_registered_quant_method_is_written_and_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compress import registry
+    from compress.config import layer_from_dict
+
+    monkeypatch.setitem(registry.METHODS, ("quant", "toy"),
+                        registry.MethodInfo("quant", "toy", "toy_module:HANDLER", "toy", bits=(3,)))
+    entry = LayerConfig(quant=QuantSpec(3, 64, None, "toy"))
+    assert entry.to_dict() == {"quant": {"bits": 3, "group_size": 64, "outliers": None, "method": "toy"}}
+    assert layer_from_dict(entry.to_dict(), "layers.a") == entry
+    with pytest.raises(ConfigError) as info:
+        QuantSpec(8, 64, None, "toy")
+    assert info.value.field == "bits"

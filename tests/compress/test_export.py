@@ -11,15 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from common.errors import ConfigError, ModelNotFoundError
+from common.errors import ConfigError, CorruptCheckpointError, ExportError, ModelNotFoundError
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, LowRankSpec, config_from_dict
 from compress.export import (
     CONFIG_NAME,
     MANIFEST_NAME,
     WEIGHTS_NAME,
-    CorruptCheckpointError,
-    ExportError,
     LowRankLinear,
     export_compressed,
     load_compressed,

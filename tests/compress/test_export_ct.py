@@ -13,11 +13,11 @@ from torch import nn
 
 from common.errors import ExportError
 from compress.catalog import load_model
-from compress.checkpoint_files import DTYPES, INDEX_NAME
 from compress.config import CompressionConfig, LayerConfig, QuantSpec, SparsitySpec, config_from_dict
 from compress.export import CARD_NAME, EXPORT_FORMATS, MANIFEST_NAME, export_compressed, load_compressed
 from compress.model_card import CardMeasurement
 from compress.session import ModelSession
+from compress.weight_files import DTYPES, INDEX_NAME
 from slimscout.cli import main
 from slimscout.commands import apply as apply_command
 
