@@ -1,0 +1,93 @@
+"""Level database on smollm2-135m: build time, disk size, apply time per trial (see bench/reconstruction.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.leveldb import BitsGrid, KeepGrid, LevelDatabase, LevelGrid
+from compress.ops import gptq, sparsegpt
+from compress.session import ModelSession
+
+MODEL = "smollm2-135m"
+TRIALS = 20
+
+
+def _record(out: Path, row: dict[str, Any]) -> None:
+    from bench.reconstruction import _record as record
+
+    record(out, row)
+
+
+def _random_levels(db: LevelDatabase, names: list[str], rng: random.Random, swaps: int = 60) -> dict[str, int]:
+    """Budget-neutral random configs: start at level 0 everywhere, move pairs one level up / down."""
+    levels = dict.fromkeys(names, 0)
+    for _ in range(swaps):
+        up, down = rng.sample(names, 2)
+        if levels[up] + 1 in db.levels(up) and levels[down] - 1 in db.levels(down):
+            levels[up] += 1
+            levels[down] -= 1
+    return levels
+
+
+def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, grid: LevelGrid) -> None:
+    name = f"leveldb-{operator}-{grid.spec()}"
+    start = time.perf_counter()
+    last = [start]
+    per_layer: list[float] = []
+
+    def progress(done: int, total: int, layer: str) -> None:
+        now = time.perf_counter()
+        per_layer.append(now - last[0])
+        last[0] = now
+        if done % 21 == 0 or done == total:
+            print(f"{operator}: {done}/{total} layers, {now - start:.0f} s", flush=True)
+
+    db = LevelDatabase.build(session, operator, grid, progress=progress)
+    build_s = time.perf_counter() - start
+    names = [layer.name for layer in session.layers]
+    rng = random.Random(0)
+    zero = {n: (0 if operator == "sparsegpt" else min(db.levels(n))) for n in names}
+    first_apply_s = db.apply(session, zero)
+    ppl_level0 = evaluator.evaluate().ppl if operator == "sparsegpt" else None
+    times = []
+    for _ in range(TRIALS):
+        levels = _random_levels(db, names, rng) if operator == "sparsegpt" else {
+            n: rng.choice(db.levels(n)) for n in names}
+        times.append(db.apply(session, levels))
+    session.restore()
+    stats = session.stats()
+    probe = names[0]
+    if operator == "sparsegpt":
+        params = db.manifest["layers"][probe]["levels"]["1"]
+        direct = sparsegpt(session._dense[probe], stats.gram(probe), sparsity=params["sparsity"])
+        identical = bool(torch.equal(db.weight(probe, 1), direct))
+    else:
+        bits = max(db.levels(probe))
+        params = db.manifest["layers"][probe]["levels"][str(bits)]
+        direct = gptq(session._dense[probe], stats.gram(probe), bits=bits, group_size=params["group_size"]).weight
+        identical = bool(torch.equal(db.weight(probe, bits), direct))
+    _record(out, {
+        "name": name, "operator": operator, "grid": grid.spec(), "layers": len(names),
+        "levels_per_layer": sorted({len(db.levels(n)) for n in names}),
+        "build_s": build_s, "layers_built_now": len(db.built_layers),
+        "slowest_layer_s": max(per_layer) if per_layer else None,
+        "disk_bytes": db.disk_bytes(), "disk_MiB": db.disk_bytes() / 2**20,
+        "first_apply_s": first_apply_s, "apply_s_median": statistics.median(times),
+        "apply_s_min": min(times), "apply_s_max": max(times), "trials": TRIALS,
+        "holdout_ppl_level0": ppl_level0, "bit_identical_probe": identical,
+        "torch_threads": torch.get_num_threads(), "loadavg_end": os.getloadavg(),
+    })
+
+
+def leveldb_bench(out: Path) -> None:
+    session = ModelSession.open(MODEL)
+    evaluator = session.evaluator(split="holdout", tokens=4096)
+    _bench_one(out, session, evaluator, "sparsegpt", KeepGrid(keep=0.5, levels=1))
+    _bench_one(out, session, evaluator, "gptq", BitsGrid(bits=(3, 4)))

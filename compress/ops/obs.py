@@ -1,0 +1,150 @@
+"""The optimal-brain-surgeon sweep shared by the reconstruction operators (SparseGPT, GPTQ).
+
+For a linear layer y = W x, the layer-wise output error ||(W - Ŵ) X||² has Hessian H ∝ XᵀX, the
+calibration Gram matrix. The reconstructions sweep the inputs left to right and need, for each
+column, the row of the upper Cholesky factor of H⁻¹ (the error of column j spreads to the later
+columns through it). Scaling H does not change the result, so the raw Gram is used as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from common.errors import ConfigError
+
+_MAX_DAMP_TRIES = 6
+
+
+@dataclass(frozen=True)
+class InverseHessian:
+    factor: Tensor  # [in, in] float32, upper-triangular Cholesky factor of (H + λI)⁻¹
+    dead: Tensor  # [in] bool: inputs that are zero on every calibration token
+    damp: float  # the λ / mean(diag H) finally used (raised ×10 until H + λI factors)
+
+
+def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor | None = None) -> InverseHessian:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = ``percdamp`` · mean(diag H).
+
+    Dead inputs (zero diagonal) get H_jj = 1, so they are independent of everything and cost
+    nothing to change. If H + λI is still not positive definite (a Gram of fewer tokens than
+    inputs, rounding), λ is raised tenfold, a few times, before giving up with a ConfigError.
+    ``perm`` reorders the inputs first (GPTQ's act-order).
+    """
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"hessian must be square [in, in], got shape {tuple(gram.shape)}")
+    if percdamp <= 0:
+        raise ValueError(f"percdamp must be > 0, got {percdamp}")
+    h = gram.detach().double().clone()
+    if perm is not None:
+        h = h[perm][:, perm]
+    diag = h.diagonal()
+    dead = diag <= 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    diag[dead] = 1.0
+    mean = float(diag.mean())
+    damp = percdamp
+    for _ in range(_MAX_DAMP_TRIES):
+        damped = h + torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * (damp * mean)
+        chol, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(chol)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return InverseHessian(upper.float(), dead, damp)
+        damp *= 10.0
+    raise ConfigError("hessian", f"the calibration Hessian is not positive definite even with damping {damp / 10:g}")
+
+
+class ColumnGrid(Protocol):
+    """A quantisation grid the sweep rounds each column onto (``compress.ops.gptq.GroupGrid``)."""
+
+    group_size: int
+    static: bool
+
+    def fit(self, group: int, values: Tensor) -> None: ...
+
+    def quantize(self, values: Tensor, column: int) -> Tensor: ...
+
+
+def obs_sweep(
+    weight: Tensor,
+    inverse: InverseHessian,
+    *,
+    blocksize: int,
+    prune_per_row: int | None = None,
+    nm: tuple[int, int] | None = None,
+    grid: ColumnGrid | None = None,
+    columns: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Prune and/or quantise ``weight`` column by column, spreading each column's error to the later ones.
+
+    Returns (new weight, keep mask), both in the sweep's column order. The loop is the one of
+    SparseGPT / GPTQ (Frantar & Alistarh): within a block of ``blocksize`` columns the update is
+    applied eagerly, to the later blocks lazily, once per block.
+
+    Unstructured masks (``prune_per_row`` zeros in every row) are chosen per block, adaptively:
+    at the start of each block every row ranks its remaining columns by w² / [H⁻¹]_jj² on the
+    weights updated so far, and prunes in this block those of its ``remaining`` lowest that fall
+    in it. Each row thus gets exactly its count (the accounting counts zeros per row), while the
+    choice still follows the updated weights, as SparseGPT's block-wise selection does. (SparseGPT
+    itself thresholds each block over all its rows, which gives rows unequal counts.) Dead inputs
+    score lowest: on the calibration data they cost nothing to remove. N:M masks are chosen per run
+    of M columns when the sweep reaches it. ``columns`` maps sweep positions to the grid's column
+    indices (act-order); ``grid`` rounds the kept weights onto the quantisation grid.
+    """
+    w = weight.detach().float().clone()
+    rows, cols = w.shape
+    hinv = inverse.factor.to(w.device)
+    diag = hinv.diagonal()
+    keep = torch.ones((rows, cols), dtype=torch.bool, device=w.device)
+    remaining = None
+    if prune_per_row is not None:
+        if not 0 <= prune_per_row <= cols:
+            raise ValueError(f"prune_per_row must be in [0, {cols}], got {prune_per_row}")
+        remaining = torch.full((rows,), prune_per_row, dtype=torch.long, device=w.device)
+    dead = inverse.dead.to(w.device)
+    if nm is not None and blocksize % nm[1]:
+        raise ValueError(f"blocksize {blocksize} must be a multiple of M={nm[1]}")
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        prune1 = torch.zeros((rows, count), dtype=torch.bool, device=w.device)
+        if remaining is not None:
+            score = w[:, i1:].square() / diag[i1:].square()[None, :]
+            score[:, dead[i1:]] = -1.0
+            order = torch.argsort(score, dim=1, stable=True)
+            positions = torch.arange(cols - i1, device=w.device).expand_as(order)
+            ranks = torch.empty_like(order).scatter_(1, order, positions)
+            prune1 = ranks[:, :count] < remaining[:, None]
+            remaining -= prune1.sum(dim=1)
+        for i in range(count):
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                score = w1[:, i : i + m].square() / diag[i1 + i : i1 + i + m].square()[None, :]
+                low = torch.topk(score, m - n, dim=1, largest=False).indices
+                prune1[:, i : i + m].scatter_(1, low, True)
+            column = i1 + i if columns is None else int(columns[i1 + i])
+            if grid is not None and not grid.static and column % grid.group_size == 0:
+                span = w1[:, i : i + grid.group_size].masked_fill(prune1[:, i : i + grid.group_size], 0.0)
+                grid.fit(column // grid.group_size, span)
+            w_col = w1[:, i]
+            q = w_col.masked_fill(prune1[:, i], 0.0)
+            if grid is not None:
+                q = grid.quantize(q, column)
+            q1[:, i] = q
+            err = (w_col - q) / h1[i, i]
+            w1[:, i:] -= err[:, None] * h1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i1:i2] = q1
+        keep[:, i1:i2] = ~prune1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w, keep
