@@ -29,6 +29,12 @@ stored as floats). ``params``/``bytes`` are the honest counts of ``compress.acco
 Every value equals what ``ModelSession.compressed_weight`` computes (dense layers are copied from it,
 factors are checked bit for bit against it), so evaluating the export equals evaluating the config.
 
+Weights are written in the dtype the user picks (float32, bfloat16, float16), sharded with an
+index once they pass ``max_shard_size`` (``compress.weight_files``), next to the tokenizer, the
+generation config and a ``README.md`` model card (``compress.model_card``). ``format`` picks the
+layout: ``slimscout`` (this module) or ``compressed-tensors`` (``compress.export_ct``: packed integer
+codes that vLLM and transformers load); the manifest names it.
+
 ``--merge`` writes plain dense weights (no LowRankLinear), loadable by any transformers runtime
 with ``AutoModelForCausalLM.from_pretrained``. A factored export needs :func:`load_compressed`
 (``slimscout.load_compressed``); ``compress.catalog.load_model`` uses it for any directory holding
@@ -68,12 +74,20 @@ from compress.checkpoint import (
 )
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer, count_params
+from compress.model_card import CardMeasurement, render
+from compress.weight_files import DEFAULT_SHARD_SIZE, files_bytes, save_weights
 
 if TYPE_CHECKING:
+    from compress.export_ct import LayerPlan
     from compress.session import ModelSession
 
+CARD_NAME = "README.md"
+EXPORT_FORMATS = ("slimscout", "compressed-tensors")
+
 __all__ = [
+    "CARD_NAME",
     "CONFIG_NAME",
+    "EXPORT_FORMATS",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "MANIFEST_SCHEMA",
@@ -101,6 +115,8 @@ class ExportResult:
     factored_layers: int
     merged: bool
     seconds: float
+    format: str = "slimscout"
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "params_kept": self.params_kept, "params_total": self.params_total,
@@ -108,7 +124,7 @@ class ExportResult:
                 "keep_ratio": self.params_kept / self.params_linear_dense,
                 "stored_params": self.stored_params, "accounted_bytes": self.accounted_bytes,
                 "file_bytes": self.file_bytes, "factored_layers": self.factored_layers, "merged": self.merged,
-                "seconds": self.seconds}
+                "format": self.format, "dtype": self.dtype, "seconds": self.seconds}
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -152,22 +168,35 @@ def compressed_model(session: ModelSession, config: CompressionConfig, *,
                 set_module(session.model, name, module)
 
 
-def _layer_entry(layer: LinearLayer, cfg: LayerConfig | None, *, factored: bool,
-                 element_size: int) -> dict[str, Any]:
+def _layer_entry(layer: LinearLayer, cfg: LayerConfig | None, *, storage: str, element_size: int,
+                 bits: int | None = None, group_size: int | None = None) -> dict[str, Any]:
+    """A manifest row: ``storage`` is ``factored`` (two factors), ``dense`` (one float matrix) or ``packed``
+    (compressed-tensors integer codes of ``bits`` bits and one scale per ``group_size`` inputs)."""
     cost = layer_cost(layer, cfg)
-    shapes = stored_shapes(layer, cfg) if factored else [(layer.out_features, layer.in_features)]
-    tensors = ({"up": list(shapes[0]), "down": list(shapes[1])} if factored
-               else {"weight": [layer.out_features, layer.in_features]})
-    file_params = sum(rows * cols for rows, cols in shapes)
+    rows, cols = layer.out_features, layer.in_features
+    if storage == "factored":
+        shapes = stored_shapes(layer, cfg) if cfg is not None else []
+        tensors: dict[str, list[int]] = {"up": list(shapes[0]), "down": list(shapes[1])}
+        file_params = sum(r * c for r, c in shapes)
+        file_bytes = file_params * element_size
+    elif storage == "packed":
+        assert bits is not None and group_size is not None
+        tensors = {"weight_packed": [rows, -(-cols * bits // 32)], "weight_scale": [rows, cols // group_size]}
+        file_params = rows * cols
+        file_bytes = 4 * rows * -(-cols * bits // 32) + rows * (cols // group_size) * element_size
+    else:
+        tensors = {"weight": [rows, cols]}
+        file_params = rows * cols
+        file_bytes = file_params * element_size
     return {
-        "shape": [layer.out_features, layer.in_features],
-        "storage": "factored" if factored else "dense",
+        "shape": [rows, cols],
+        "storage": storage,
         "rank": cfg.lowrank.rank if cfg is not None and cfg.lowrank is not None else None,
         "tensors": tensors,
         "sparsity": "dense-with-zeros" if cfg is not None and cfg.sparsity is not None else None,
-        "quant": "dequantized" if cfg is not None and cfg.quant is not None else None,
+        "quant": (None if cfg is None or cfg.quant is None else "packed" if storage == "packed" else "dequantized"),
         "params": cost.params, "bytes": cost.bytes,
-        "file_params": file_params, "file_bytes": file_params * element_size,
+        "file_params": file_params, "file_bytes": file_bytes,
         "config": cfg.to_dict() if cfg is not None else {},
     }
 
@@ -190,21 +219,27 @@ def _absent_modules(model: nn.Module, kind: str) -> list[str]:
     return absent
 
 
-def build_manifest(session: ModelSession, config: CompressionConfig, *, merge: bool,
-                   model_file_bytes: int, stored_params: int) -> dict[str, Any]:
+def build_manifest(session: ModelSession, config: CompressionConfig, *, merge: bool, export_format: str,
+                   dtype: torch.dtype, model_file_bytes: int, stored_params: int,
+                   plans: dict[str, LayerPlan] | None = None) -> dict[str, Any]:
     from common import __version__
 
-    dtype = next(iter(session.modules.values())).weight.dtype
     element_size = torch.empty((), dtype=dtype).element_size()
     layers = {}
     for layer in session.layers:
         cfg = config.layers.get(layer.name)
-        layers[layer.name] = _layer_entry(layer, cfg, factored=not merge and is_factored(layer, cfg),
-                                          element_size=element_size)
+        plan = plans.get(layer.name) if plans is not None else None
+        if plan is not None:
+            layers[layer.name] = _layer_entry(layer, cfg, storage=plan.storage, element_size=element_size,
+                                              bits=plan.bits, group_size=plan.group_size)
+        else:
+            storage = "factored" if not merge and is_factored(layer, cfg) else "dense"
+            layers[layer.name] = _layer_entry(layer, cfg, storage=storage, element_size=element_size)
     cost = session.cost(config)
     return {
-        "schema": MANIFEST_SCHEMA, "format_version": FORMAT_VERSION, "model_id": config.model_id,
-        "kind": session.loaded.kind, "merged": merge, "dtype": str(dtype).removeprefix("torch."),
+        "schema": MANIFEST_SCHEMA, "format_version": FORMAT_VERSION, "format": export_format,
+        "model_id": config.model_id, "kind": session.loaded.kind, "merged": merge,
+        "dtype": str(dtype).removeprefix("torch."),
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "slimscout_version": __version__,
         "absent_modules": _absent_modules(session.model, session.loaded.kind),
         "layers": layers,
@@ -219,9 +254,10 @@ def build_manifest(session: ModelSession, config: CompressionConfig, *, merge: b
     }
 
 
-def _write_weights(model: nn.Module, directory: Path) -> None:
-    """config.json, generation_config.json and model.safetensors (tied weights stored once)."""
-    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
+def _write_weights(model: nn.Module, directory: Path, *, dtype: torch.dtype | None,
+                   max_shard_size: int | str) -> None:
+    """config.json, generation_config.json and the weights (tied weights stored once)."""
+    save_weights(model, directory, dtype=dtype, max_shard_size=max_shard_size)
 
 
 def check_target(out: Path, *, force: bool) -> None:
@@ -260,33 +296,50 @@ def _remove_empty_dirs(start: Path, stop: Path | None) -> None:
 
 
 def export_compressed(session: ModelSession, config: CompressionConfig, out: str | Path, *,
-                      force: bool = False, merge: bool = False) -> ExportResult:
+                      force: bool = False, merge: bool = False, export_format: str = "slimscout",
+                      dtype: torch.dtype | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+                      measurement: CardMeasurement | None = None, command: str | None = None) -> ExportResult:
     """Write ``config`` applied to ``session``'s model to ``out`` (see the module docstring).
 
-    Validates first (model id, layer names, ranks via ``session.check_model``). Writes into a temporary
-    directory next to ``out`` and renames it at the end: on any error nothing is left behind.
+    Validates first (model id, layer names, ranks via ``session.check_model``; what ``export_format``
+    cannot express). Writes into a temporary directory next to ``out`` and renames it at the end: on
+    any error (a full disk included) nothing is left behind and an earlier export stays as it was.
+    ``dtype`` (default: the model's) casts a copy of the weights; the session's model is untouched.
     """
+    from compress.export_ct import plan_layers, write_compressed_tensors
+
     start = time.perf_counter()
+    if export_format not in EXPORT_FORMATS:
+        raise ExportError(f"unknown format {export_format!r} (one of {', '.join(EXPORT_FORMATS)})")
     out = Path(out).expanduser().absolute()
     session.check_model(config)
     cost = session.cost(config)
+    plans = plan_layers(session.layers, config, merge=merge) if export_format == "compressed-tensors" else None
     check_target(out, force=force)
     session.warm(config)
+    model_dtype = next(iter(session.modules.values())).weight.dtype
+    dtype = dtype or model_dtype
     created = _first_missing_ancestor(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        with compressed_model(session, config, merge=merge) as model:
-            _write_weights(model, staging)
+        with compressed_model(session, config, merge=merge or plans is not None) as model:
+            if plans is not None:
+                write_compressed_tensors(session, config, model, staging, plans, dtype=dtype,
+                                         max_shard_size=max_shard_size)
+            else:
+                _write_weights(model, staging, dtype=dtype, max_shard_size=max_shard_size)
             stored_params = count_params(model)
         session.loaded.tokenizer.save_pretrained(staging)
         config.save(staging / CONFIG_NAME)
-        weights = staging / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ExportError(f"the model was written as shards, not one {WEIGHTS_NAME}; too large to export")
-        manifest = build_manifest(session, config, merge=merge, model_file_bytes=weights.stat().st_size,
-                                  stored_params=stored_params)
+        manifest = build_manifest(session, config, merge=merge, export_format=export_format, dtype=dtype,
+                                  model_file_bytes=files_bytes(staging), stored_params=stored_params,
+                                  plans=plans)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        card = render(base_model=session.loaded.model_id, config=config, layers=session.layers,
+                      export_format=export_format, dtype=manifest["dtype"], measurement=measurement,
+                      command=command)
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
         _usual_permissions(staging)
         _replace(staging, out, force=force)
     except BaseException:
@@ -298,7 +351,7 @@ def export_compressed(session: ModelSession, config: CompressionConfig, out: str
                         params_linear_dense=session.params_linear, stored_params=stored_params,
                         accounted_bytes=cost.bytes, file_bytes=manifest["totals"]["model_file_bytes"],
                         factored_layers=manifest["totals"]["factored_layers"], merged=merge,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start, format=export_format, dtype=manifest["dtype"])
 
 
 def _usual_permissions(directory: Path) -> None:

@@ -2,7 +2,7 @@
 
 from .gptq import GPTQResult, QuantizedWeight, default_group_size, gptq, pack_codes, unpack_codes
 from .lowrank import SVDFactors, lowrank_params, lowrank_weight, svd_factors, tail_energy
-from .quant import fake_quant, quant_error, sdq
+from .quant import dequantize_groups, fake_quant, quant_error, quantize_groups, sdq
 from .sparsegpt import SparseGPTResult, sparsegpt, sparsegpt_result
 from .sparsity import (
     magnitude_score,
@@ -20,6 +20,7 @@ __all__ = [
     "SVDFactors",
     "SparseGPTResult",
     "default_group_size",
+    "dequantize_groups",
     "fake_quant",
     "gptq",
     "lowrank_params",
@@ -30,6 +31,7 @@ __all__ = [
     "pruned_mass",
     "pruned_per_row",
     "quant_error",
+    "quantize_groups",
     "row_ranks",
     "sdq",
     "sparsegpt",

@@ -15,28 +15,42 @@ from common.errors import ConfigError
 from .sparsity import nm_mask
 
 
-def fake_quant(weight: Tensor, bits: int, group_size: int) -> Tensor:
-    """Quantize each run of ``group_size`` inputs of each row to ``bits``-bit symmetric integer codes.
+def quantize_groups(weight: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor]:
+    """Symmetric round-to-nearest codes of each run of ``group_size`` inputs of each row.
 
-    scale = max|w| / (2^(bits-1) - 1) per group (the last group of a row may be shorter); an all-zero
-    group stays zero.
+    Returns ``codes`` (int8, [out, in]) and ``scale`` (float32, [out, ceil(in / group_size)]) with
+    scale = max|w| / (2^(bits-1) - 1) per group (the last group of a row may be shorter; an all-zero
+    group gets scale 1 and codes 0). ``codes * scale`` (each scale repeated over its group) is exactly
+    what :func:`fake_quant` returns, so an export can store the integers and their scales.
     """
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-    if bits < 2:
-        raise ValueError(f"bits must be >= 2, got {bits}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in [2, 8], got {bits}")
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     rows, cols = weight.shape
     group_size = min(group_size, cols)  # a group longer than the row is the row (and must not pad to its size)
     qmax = 2 ** (bits - 1) - 1
-    w = weight.detach().float()
     pad = -cols % group_size
-    groups = F.pad(w, (0, pad)).reshape(rows, -1, group_size)  # zero padding never changes max|w|
+    groups = F.pad(weight.detach().float(), (0, pad)).reshape(rows, -1, group_size)  # zero padding keeps max|w|
     scale = groups.abs().amax(dim=2, keepdim=True) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.clamp(torch.round(groups / scale), -qmax, qmax)
-    return (codes * scale).reshape(rows, -1)[:, :cols].contiguous()
+    return codes.reshape(rows, -1)[:, :cols].to(torch.int8).contiguous(), scale.squeeze(2)
+
+
+def dequantize_groups(codes: Tensor, scale: Tensor, group_size: int) -> Tensor:
+    """float32 ``codes * scale`` with each group's scale repeated over its inputs (inverse of quantize_groups)."""
+    cols = codes.shape[1]
+    group_size = min(group_size, cols)
+    return (codes.float() * scale.repeat_interleave(group_size, dim=1)[:, :cols]).contiguous()
+
+
+def fake_quant(weight: Tensor, bits: int, group_size: int) -> Tensor:
+    """The dequantized weight of :func:`quantize_groups`: ``bits``-bit symmetric codes per group of inputs."""
+    codes, scale = quantize_groups(weight, bits, group_size)
+    return dequantize_groups(codes, scale, group_size)
 
 
 def sdq(weight: Tensor, bits: int, group_size: int, n: int, m: int, score: Tensor | None = None) -> Tensor:

@@ -201,7 +201,7 @@ def test_config_for_another_model_is_refused(session: ModelSession, tmp_path: Pa
 def failing_save(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import compress.export
 
-    def half_write(model: nn.Module, directory: Path) -> None:
+    def half_write(model: nn.Module, directory: Path, **_: object) -> None:
         (directory / WEIGHTS_NAME).write_bytes(b"\0" * 1000)
         raise OSError("disk full")
 
@@ -226,7 +226,7 @@ def test_a_failed_force_keeps_the_previous_export(session: ModelSession, tmp_pat
     export_compressed(session, make_config(CONFIGS["quant"]), out)
     before = sorted(p.name for p in out.iterdir())
 
-    def fail(model: nn.Module, directory: Path) -> None:
+    def fail(model: nn.Module, directory: Path, **_: object) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(compress.export, "_write_weights", fail)
