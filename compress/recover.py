@@ -321,7 +321,7 @@ class _Run:
         loss = distillation_loss(self.student, self.session.model, ids, causal=self.causal,
                                  hidden_weight=self.settings.hidden_weight)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params.values(), self.settings.max_grad_norm)
         self.optimizer.step()
         for layer in self.layers.values():
