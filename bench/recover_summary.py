@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,29 @@ from scipy.stats import spearmanr
 
 _WALL = re.compile(r"recovered in (\d+) s wall; loadavg ([\d.]+) ([\d.]+) ([\d.]+)")
 _START = re.compile(r"steps (\d+); loadavg ([\d.]+) ([\d.]+) ([\d.]+)")
+_STAMP_START = re.compile(r"\[(\S+Z)\] [^:]+: config .*steps \d+;")
+_STAMP_END = re.compile(r"\[(\S+Z)\] [^:]+: recover process ended")
+_END_LOAD = re.compile(r"(?:s wall|process ended[^;]*); loadavg ([\d.]+)")
 
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
+
+
+def _after(out: Path, name: str, split: str) -> dict[str, Any] | None:
+    """After recovery: measured against the dense reference when that file exists (encoders need it)."""
+    return _read(out / f"{name}.after-{split}.vs-dense.json") or _read(out / f"{name}.after-{split}.json")
+
+
+def _wall_minutes(log: str) -> float | None:
+    """From bench/recover.sh's line, or from the first start stamp to a 'recover process ended' stamp."""
+    wall = _WALL.findall(log)
+    if wall:
+        return int(wall[-1][0]) / 60
+    start, end = _STAMP_START.search(log), _STAMP_END.search(log)
+    if start and end:
+        return (datetime.fromisoformat(end.group(1)) - datetime.fromisoformat(start.group(1))).total_seconds() / 60
+    return None
 
 
 def _quality(payload: dict[str, Any] | None) -> float | None:
@@ -30,12 +50,12 @@ def _quality(payload: dict[str, Any] | None) -> float | None:
 
 def row(out: Path, name: str) -> dict[str, Any] | None:
     recovered = _read(out / f"{name}.recover.json")
-    after = _read(out / f"{name}.after-holdout.json")
+    after = _after(out, name, "holdout")
     if recovered is None or after is None:
         return None
     log = (out / f"{name}.log").read_text()
-    wall = _WALL.findall(log)
     start = _START.findall(log)
+    end_load = _END_LOAD.findall(log)
     before_h, after_h = _quality(_read(out / f"{name}.before-holdout.json")), _quality(after)
     return {
         "name": name,
@@ -43,13 +63,13 @@ def row(out: Path, name: str) -> dict[str, Any] | None:
         "holdout_before": before_h, "holdout_after": after_h,
         "holdout_ratio": after_h / before_h if before_h and after_h and after.get("ppl") is not None else None,
         "search_before": _quality(_read(out / f"{name}.before-search.json")),
-        "search_after": _quality(_read(out / f"{name}.after-search.json")),
+        "search_after": _quality(_after(out, name, "search")),
         "search_during_before": recovered["before"], "search_during_best": recovered["after"],
         "steps_run": recovered["steps_run"], "best_step": recovered["best_step"],
         "train_minutes": recovered["seconds"] / 60,
-        "wall_minutes": int(wall[-1][0]) / 60 if wall else None,
+        "wall_minutes": _wall_minutes(log),
         "loadavg_start": float(start[-1][1]) if start else None,
-        "loadavg_end": float(wall[-1][1]) if wall else None,
+        "loadavg_end": float(end_load[-1]) if end_load else None,
         "peak_rss_mb": recovered["peak_rss_mb"],
     }
 
