@@ -85,15 +85,15 @@ def main(argv: list[str]) -> int:
         spearman = {"rho": float(rho), "p": float(p), "n": len(causal)}
     summary = {"rows": rows, "spearman_holdout_before_after": spearman}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("| config | metric | holdout before | holdout after | after/before | search after (2048) | "
+    print("| config | metric | holdout before | holdout after | after/before | search before | search after | "
           "best step / run | train min | wall min | loadavg start→end | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['holdout_ratio']:.2f}" if r["holdout_ratio"] is not None else "-"
         print(f"| {r['name']} | {r['metric']} | {r['holdout_before']:.4g} | {r['holdout_after']:.4g} | {ratio} | "
-              f"{r['search_after']:.4g} | {r['best_step']}/{r['steps_run']} | {r['train_minutes']:.1f} | "
-              f"{r['wall_minutes'] or float('nan'):.1f} | {r['loadavg_start']}→{r['loadavg_end']} | "
-              f"{r['peak_rss_mb']:.0f} |")
+              f"{r['search_before']:.4g} | {r['search_after']:.4g} | {r['best_step']}/{r['steps_run']} | "
+              f"{r['train_minutes']:.1f} | {r['wall_minutes'] or float('nan'):.1f} | "
+              f"{r['loadavg_start']}→{r['loadavg_end']} | {r['peak_rss_mb']:.0f} |")
     print(f"spearman(holdout before, after) = {spearman}")
     return 0
 
