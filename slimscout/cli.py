@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from common import __version__
 from common.errors import SlimscoutError
 
-COMMANDS = ("models", "evaluate", "baseline", "search", "worker", "serve", "apply", "speed", "leveldb")
+COMMANDS = ("models", "evaluate", "baseline", "search", "worker", "serve", "apply", "speed", "leveldb", "recover")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,475 @@
+"""Recovery: distil the dense model into its compressed self, keeping the config's structure exactly.
+
+Prune Once for All (Zafrir et al.) style: the compressed model (the *student*) is trained to match
+the dense model (the *teacher*, the session's own model, left untouched) on the ``calibration``
+split, and early-stopped on the ``search`` split:
+
+- causal LMs: KL(teacher || student) of the next-token distributions, per token;
+- encoders: 1 - cosine between the student's and the teacher's last hidden states, per token
+  (the sentence embedding is their mean, so this distils the embeddings);
+- optionally (``hidden_weight`` > 0) plus the relative MSE of every block's hidden state.
+
+The structure never changes (``compress.recover_modules``): masks fixed, low-rank layers trained
+as their two factors, quantized layers fake-quantized with a straight-through estimator on the
+config's grid. Embedding matrices (and a tied LM head) are frozen; everything else trains.
+
+Every ``eval_every`` steps the student is measured on the search split (KL to dense, or cosine),
+the best state so far is kept, and a checkpoint is written atomically (tmp + rename): trainable
+weights, AdamW state, step, the data sampler's RNG, the best state and the history. A killed run
+resumes from it (``resume=True``) and ends exactly as an uninterrupted run with the same seed
+would: the only randomness is the sampler's generator, which the checkpoint restores, and the
+student runs in eval mode (no dropout). The result is written in ``compress.export``'s format.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.errors import ConfigError, CorruptCheckpointError, DatasetError, ExportError
+from compress.config import CompressionConfig, LayerConfig
+from compress.data import DEFAULT_DATASET, token_stream
+from compress.export import (
+    CONFIG_NAME,
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    _replace,
+    _usual_permissions,
+    build_manifest,
+    check_target,
+    is_factored,
+)
+from compress.layers import count_params
+from compress.measure import ENCODER_SEQ_LEN, Evaluator, Metrics
+from compress.ops import unstructured_mask
+from compress.recover_modules import ConstrainedLayer, FactoredLinear, MaskedLinear
+from compress.session import ModelSession
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "slimscout.recover-checkpoint/v1"
+
+
+@dataclass(frozen=True)
+class RecoverSettings:
+    """How to recover. ``tokens`` is per optimizer step (one causal sequence of that length, or
+    ``tokens // 128`` encoder windows); ``patience`` evaluations without a better search score stop
+    the run early (0: never)."""
+
+    steps: int = 120
+    lr: float = 1e-4
+    tokens: int = 512
+    hidden_weight: float = 0.0
+    eval_every: int = 20
+    eval_tokens: int = 1024
+    patience: int = 0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    dataset: str = DEFAULT_DATASET
+
+    def __post_init__(self) -> None:
+        checks = [("steps", self.steps >= 1, "must be at least 1"), ("lr", self.lr > 0, "must be > 0"),
+                  ("tokens", self.tokens >= 8, "must be at least 8"),
+                  ("hidden_weight", self.hidden_weight >= 0, "must be >= 0"),
+                  ("eval_every", self.eval_every >= 1, "must be at least 1"),
+                  ("eval_tokens", self.eval_tokens >= 2, "must be at least 2"),
+                  ("patience", self.patience >= 0, "must be >= 0"),
+                  ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+                  ("max_grad_norm", self.max_grad_norm > 0, "must be > 0")]
+        for name, ok, message in checks:
+            if not ok:
+                raise ConfigError(name, f"{message}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every step; ``search`` is set on the steps that evaluated."""
+
+    step: int
+    steps: int
+    loss: float
+    seconds: float
+    eta_s: float
+    search: dict[str, float] | None = None
+    best: bool = False
+    checkpoint: Path | None = None
+
+
+@dataclass
+class RecoverResult:
+    out: Path
+    steps_run: int
+    best_step: int
+    before: dict[str, float]  # search-split metrics of the compressed model before training
+    after: dict[str, float]  # ... of the state written (the best one)
+    seconds: float
+    peak_rss_mb: float
+    resumed_from: int | None
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["out"] = str(self.out)
+        return payload
+
+
+# -- the student --------------------------------------------------------------------------------
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _keep_mask(session: ModelSession, name: str, cfg: LayerConfig, latent: Tensor) -> Tensor | None:
+    """The fixed keep-mask of a dense-stored layer: exact from the cached score order when the layer
+    is plain unstructured sparsity, else the non-zeros of the sparsified (unquantized) weight."""
+    sparsity = cfg.sparsity
+    if sparsity is None or sparsity.ratio == 0:
+        return None
+    if cfg.lowrank is None and sparsity.nm is None:
+        return unstructured_mask(session.ranks(sparsity.score)[name], sparsity.ratio)
+    return latent != 0
+
+
+def balance_factors(up: Tensor, down: Tensor) -> tuple[Tensor, Tensor]:
+    """Rescale each rank component so that its column of ``up`` and its row of ``down`` have equal norms.
+
+    The product is unchanged (up to float rounding), and so are the zeros; but SVD factors come as
+    ``U·σ`` and ``Vt`` (or ``Vt·S^-1`` when whitened), whose entries differ in scale by orders of
+    magnitude, and Adam moves every entry by about the learning rate whatever its scale: unbalanced,
+    the small factor is wrecked within a few steps (the KL went from 1.6 to 31 in 5 steps on
+    smollm2-135m). Not used on quantized layers: rescaling the columns of ``up`` would move its
+    quantization groups' grids, so step 0 would no longer be the configured model.
+    """
+    up_norm, down_norm = up.norm(dim=0), down.norm(dim=1)
+    ok = (up_norm > 0) & (down_norm > 0)
+    scale = torch.where(ok, (down_norm / up_norm.where(ok, torch.ones_like(up_norm))).sqrt(),
+                        torch.ones_like(up_norm))
+    return up * scale[None, :], down / scale[:, None]
+
+
+def constrained_layer(session: ModelSession, name: str, cfg: LayerConfig) -> ConstrainedLayer:
+    """The trainable module computing exactly what ``session`` applies for ``cfg`` at step 0."""
+    dense = session.modules[name]
+    bias = None if dense.bias is None else dense.bias.detach()
+    latent_cfg = replace(cfg, quant=None)  # the latent weights are the unquantized ones
+    if is_factored(session.by_name[name], cfg):
+        up, down = session.compressed_factors(name, latent_cfg)
+        if cfg.quant is None:
+            up, down = balance_factors(up, down)
+        pruned = cfg.sparsity is not None and cfg.sparsity.ratio > 0
+        return FactoredLinear(up.clone(), down.clone(), bias, up_mask=(up != 0) if pruned else None,
+                              down_mask=(down != 0) if pruned else None, quant=cfg.quant)
+    latent = session.compressed_weight(name, latent_cfg).clone()
+    return MaskedLinear(latent, bias, mask=_keep_mask(session, name, cfg, latent), quant=cfg.quant)
+
+
+def build_student(session: ModelSession, config: CompressionConfig) -> tuple[nn.Module, dict[str, ConstrainedLayer]]:
+    """A copy of the dense model with every configured layer swapped for its constrained module."""
+    session.check_model(config)
+    session.warm(config)
+    session.restore()
+    student = copy.deepcopy(session.model)
+    layers: dict[str, ConstrainedLayer] = {}
+    for name, cfg in config.layers.items():
+        layers[name] = constrained_layer(session, name, cfg)
+        _set_module(student, name, layers[name])
+    student.requires_grad_(True)
+    for module in student.modules():
+        if isinstance(module, nn.Embedding):
+            module.requires_grad_(False)
+    output = getattr(student, "get_output_embeddings", lambda: None)()
+    if output is not None:
+        output.requires_grad_(False)
+    student.eval()  # no dropout: the run is deterministic, and resumes exactly
+    return student, layers
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+# -- data and loss ------------------------------------------------------------------------------
+class Sampler:
+    """Random training windows from the calibration split; its generator is the run's only randomness."""
+
+    def __init__(self, session: ModelSession, settings: RecoverSettings) -> None:
+        self.kind = session.loaded.kind
+        self.tokenizer = session.loaded.tokenizer
+        self.ids = token_stream(settings.dataset, "calibration", self.tokenizer).ids
+        if self.kind == "causal-lm":
+            self.window, self.count = settings.tokens, 1
+        else:
+            self.window, self.count = ENCODER_SEQ_LEN - 2, max(1, settings.tokens // ENCODER_SEQ_LEN)
+        if self.ids.numel() <= self.window:
+            raise DatasetError(f"the calibration split of {settings.dataset!r} has {self.ids.numel()} tokens, "
+                               f"fewer than one training window of {self.window}")
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def next(self) -> Tensor:
+        starts = torch.randint(0, self.ids.numel() - self.window + 1, (self.count,), generator=self.generator)
+        windows = torch.stack([self.ids[int(s) : int(s) + self.window] for s in starts])
+        if self.kind == "causal-lm":
+            return windows
+        cls = torch.full((self.count, 1), self.tokenizer.cls_token_id)
+        sep = torch.full((self.count, 1), self.tokenizer.sep_token_id)
+        return torch.cat([cls, windows, sep], dim=1)
+
+
+def _forward(model: nn.Module, ids: Tensor, causal: bool, hidden: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    if causal:
+        out = model(input_ids=ids, output_hidden_states=hidden)
+        return out.logits.float(), tuple(out.hidden_states or ())
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=hidden)
+    return out.last_hidden_state.float(), tuple(out.hidden_states or ())
+
+
+def distillation_loss(student: nn.Module, teacher: nn.Module, ids: Tensor, *, causal: bool,
+                      hidden_weight: float) -> Tensor:
+    """KL(teacher || student) per token (causal) or 1 - cosine of last hidden states per token
+    (encoder); plus ``hidden_weight`` × the mean relative MSE of the blocks' hidden states."""
+    hidden = hidden_weight > 0
+    with torch.no_grad():
+        t_out, t_hidden = _forward(teacher, ids, causal, hidden)
+    s_out, s_hidden = _forward(student, ids, causal, hidden)
+    if causal:
+        t_logp = F.log_softmax(t_out, dim=-1).flatten(0, 1)
+        s_logp = F.log_softmax(s_out, dim=-1).flatten(0, 1)
+        loss = F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean")
+    else:
+        loss = (1 - F.cosine_similarity(s_out, t_out, dim=-1)).mean()
+    if hidden:
+        terms = [(s - t).square().mean() / t.square().mean().clamp_min(1e-12)
+                 for s, t in zip(s_hidden[1:], t_hidden[1:], strict=True)]
+        loss = loss + hidden_weight * torch.stack(terms).mean()
+    return loss
+
+
+def search_score(metrics: Metrics) -> float:
+    """Lower is better: KL to dense for causal LMs, 1 - cosine for encoders."""
+    return metrics.kl if metrics.kl is not None else metrics.score("cosine")
+
+
+def _metrics_dict(metrics: Metrics) -> dict[str, float]:
+    return {key: value for key, value in (("ppl", metrics.ppl), ("kl", metrics.kl), ("cosine", metrics.cosine))
+            if value is not None}
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def run_fingerprint(session: ModelSession, config: CompressionConfig, settings: RecoverSettings) -> str:
+    """What a checkpoint must match to be resumed: model, config layers and settings."""
+    layers = json.dumps(config.to_dict()["layers"], sort_keys=True)
+    text = f"{session.loaded.fingerprint}|{layers}|{json.dumps(asdict(settings), sort_keys=True)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{time.monotonic_ns()}.tmp")
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise CorruptCheckpointError(f"recovery checkpoint {path} cannot be read ({exc})") from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CorruptCheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError("resume", f"{path} was written for another model, config or settings; "
+                                    "remove it (or pass the same arguments) to continue")
+    return state
+
+
+# -- the loop -----------------------------------------------------------------------------------
+class _Run:
+    """The mutable state of one recovery run: what a checkpoint holds."""
+
+    def __init__(self, session: ModelSession, config: CompressionConfig, settings: RecoverSettings) -> None:
+        self.session, self.settings = session, settings
+        self.causal = session.loaded.kind == "causal-lm"
+        self.student, self.layers = build_student(session, config)
+        self.params = trainable_parameters(self.student)
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=settings.lr,
+                                           weight_decay=settings.weight_decay)
+        self.sampler = Sampler(session, settings)
+        self.evaluator: Evaluator = session.evaluator(dataset=settings.dataset, split="search",
+                                                      tokens=settings.eval_tokens)
+        self.step = 0
+        self.best_step = 0
+        self.best_score = math.inf
+        self.best_state: dict[str, Tensor] = {}
+        self.stale = 0
+        self.history: list[dict[str, float]] = []
+        self.seconds = 0.0  # training seconds before this process (resumed runs)
+
+    def evaluate(self) -> tuple[dict[str, float], bool]:
+        metrics = self.evaluator.evaluate(self.student)
+        score = search_score(metrics)
+        better = score < self.best_score
+        if better:
+            self.best_score, self.best_step, self.stale = score, self.step, 0
+            self.best_state = {name: p.detach().clone() for name, p in self.params.items()}
+        else:
+            self.stale += 1
+        record = {"step": float(self.step), **_metrics_dict(metrics)}
+        self.history.append(record)
+        return record, better
+
+    def train_step(self) -> float:
+        ids = self.sampler.next()
+        loss = distillation_loss(self.student, self.session.model, ids, causal=self.causal,
+                                 hidden_weight=self.settings.hidden_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params.values(), self.settings.max_grad_norm)
+        self.optimizer.step()
+        for layer in self.layers.values():
+            layer.project_()
+        self.step += 1
+        return float(loss.detach())
+
+    def state(self, fingerprint: str, seconds: float) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": self.step,
+                "params": {name: p.detach() for name, p in self.params.items()},
+                "optimizer": self.optimizer.state_dict(), "generator": self.sampler.generator.get_state(),
+                "best_step": self.best_step, "best_score": self.best_score, "best_state": self.best_state,
+                "stale": self.stale, "history": self.history, "seconds": seconds}
+
+    def load(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.generator.set_state(state["generator"])
+        self.step, self.best_step, self.best_score = state["step"], state["best_step"], state["best_score"]
+        self.best_state, self.stale, self.history = state["best_state"], state["stale"], state["history"]
+        self.seconds = float(state["seconds"])
+
+    def load_best(self) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.best_state[name])
+
+    def baked(self) -> nn.Module:
+        """The student with plain modules holding the constrained weights (what the export stores)."""
+        for name, layer in self.layers.items():
+            _set_module(self.student, name, layer.bake())
+        self.student.requires_grad_(False)
+        return self.student
+
+
+def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *,
+            settings: RecoverSettings | None = None, checkpoint_dir: str | Path | None = None,
+            resume: bool = False, force: bool = False,
+            on_progress: Callable[[Progress], None] | None = None) -> RecoverResult:
+    """Distil ``session``'s dense model into ``config`` and write the result to ``out``.
+
+    ``checkpoint_dir`` (default ``<out>.recover-checkpoint``) holds the checkpoint; it is removed
+    after the export is written. If it already holds a checkpoint, ``resume`` must say to continue
+    from it (a checkpoint for other arguments is refused); without ``resume`` the run refuses to
+    start rather than silently overwrite or reuse it.
+    """
+    settings = settings or RecoverSettings()
+    out = Path(out).expanduser().absolute()
+    check_target(out, force=force)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.name}.recover-checkpoint")
+    ckpt = ckpt_dir / CHECKPOINT_NAME
+    if ckpt.is_file() and not resume:
+        raise ConfigError("resume", f"{ckpt} holds a checkpoint of an earlier run: pass --resume to "
+                                    "continue it, or remove it to start over")
+    run = _Run(session, config, settings)
+    fingerprint = run_fingerprint(session, config, settings)
+    resumed_from = None
+    if resume and ckpt.is_file():
+        run.load(load_checkpoint(ckpt, fingerprint))
+        resumed_from = run.step
+    start = time.perf_counter()
+    if run.step == 0 and not run.history:
+        record, _ = run.evaluate()
+        _report(on_progress, Progress(0, settings.steps, math.nan, 0.0, math.nan, record, True))
+    stopped_early = False
+    first_step = run.step
+    while run.step < settings.steps:
+        loss = run.train_step()
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (run.step - first_step) * (settings.steps - run.step)
+        record_or_none, better, saved = None, False, None
+        if run.step % settings.eval_every == 0 or run.step == settings.steps:
+            record_or_none, better = run.evaluate()
+            save_checkpoint(ckpt, run.state(fingerprint, run.seconds + time.perf_counter() - start))
+            saved = ckpt
+        _report(on_progress, Progress(run.step, settings.steps, loss, run.seconds + elapsed, eta,
+                                      record_or_none, better, saved))
+        if record_or_none is not None and settings.patience and run.stale >= settings.patience:
+            stopped_early = True
+            break
+    seconds = run.seconds + time.perf_counter() - start
+    before = {k: v for k, v in run.history[0].items() if k != "step"}
+    after = next({k: v for k, v in h.items() if k != "step"} for h in run.history if h["step"] == run.best_step)
+    run.load_best()
+    meta = {**config.meta, "recovered": {
+        "steps": settings.steps, "steps_run": run.step, "best_step": run.best_step, "lr": settings.lr,
+        "tokens_per_step": settings.tokens, "tokens_seen": run.step * settings.tokens,
+        "hidden_weight": settings.hidden_weight, "seed": settings.seed, "dataset": settings.dataset,
+        "train_split": "calibration", "early_stop_split": "search", "eval_tokens": settings.eval_tokens,
+        "search_before": before, "search_after": after, "seconds": round(seconds, 1)}}
+    recovered = CompressionConfig(config.model_id, config.layers, meta)
+    write_recovered(session, recovered, run.baked(), out, force=force)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return RecoverResult(out=out, steps_run=run.step, best_step=run.best_step, before=before, after=after,
+                         seconds=seconds, peak_rss_mb=peak_rss_mb(), resumed_from=resumed_from,
+                         stopped_early=stopped_early, history=run.history)
+
+
+def _report(callback: Callable[[Progress], None] | None, progress: Progress) -> None:
+    if callback is not None:
+        callback(progress)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_recovered(session: ModelSession, config: CompressionConfig, model: nn.Module, out: Path, *,
+                    force: bool) -> None:
+    """Write ``model`` (baked: plain Linear / LowRankLinear) as a ``compress.export`` directory:
+    staged next to ``out`` and renamed into place, with the config document and the manifest."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
+        session.loaded.tokenizer.save_pretrained(staging)
+        config.save(staging / CONFIG_NAME)
+        weights = staging / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ExportError(f"the model was written as shards, not one {WEIGHTS_NAME}; too large to export")
+        manifest = build_manifest(session, config, merge=False, model_file_bytes=weights.stat().st_size,
+                                  stored_params=count_params(model))
+        manifest["recovered"] = config.meta["recovered"]
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _usual_permissions(staging)
+        _replace(staging, out, force=force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,102 @@
+"""``slimscout recover``: distil the dense model into a compressed config (structure kept exactly)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimscout.commands._common import non_negative_int, note, positive_int, print_result
+
+if TYPE_CHECKING:
+    from compress.recover import Progress
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("recover", help="train a compressed config by distillation from the dense model")
+    parser.add_argument("--model", required=True, help="catalog id, local directory, or hub id")
+    parser.add_argument("--config", required=True, help="config document (slimscout.config/v1 JSON)")
+    parser.add_argument("--out", required=True, help="directory to write the recovered model to")
+    parser.add_argument("--steps", type=positive_int, default=120, help="optimizer steps (default 120)")
+    parser.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument("--tokens", type=positive_int, default=512,
+                        help="calibration tokens per step: one sequence (causal) or tokens/128 windows "
+                             "(encoder); default 512")
+    parser.add_argument("--hidden-weight", type=_non_negative_float, default=0.0,
+                        help="weight of the hidden-state MSE term (default 0: logits/embeddings only)")
+    parser.add_argument("--eval-every", type=positive_int, default=20,
+                        help="evaluate on the search split and checkpoint every N steps (default 20)")
+    parser.add_argument("--eval-tokens", type=positive_int, default=1024,
+                        help="search-split tokens per evaluation (default 1024)")
+    parser.add_argument("--patience", type=non_negative_int, default=0,
+                        help="stop after N evaluations without improvement (default 0: never)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training-window sampler")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT.recover-checkpoint/ (a run refuses to start while one "
+                             "exists unless this is given)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it is an earlier export")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(handler=run)
+
+
+def _line(progress: Progress) -> str:
+    parts = [f"step {progress.step}/{progress.steps}"]
+    if not math.isnan(progress.loss):
+        parts.append(f"loss {progress.loss:.4f}")
+    if progress.search is not None:
+        metrics = " ".join(f"{key} {value:.4g}" for key, value in progress.search.items() if key != "step")
+        parts.append(f"search {metrics}{' (best)' if progress.best else ''}")
+    if not math.isnan(progress.eta_s):
+        parts.append(f"elapsed {progress.seconds / 60:.1f}m eta {progress.eta_s / 60:.1f}m")
+    if progress.checkpoint is not None:
+        parts.append("checkpoint saved")
+    return "  ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from compress.config import load_config
+    from compress.export import check_target
+    from compress.recover import RecoverSettings, recover
+    from compress.session import ModelSession
+
+    settings = RecoverSettings(steps=args.steps, lr=args.lr, tokens=args.tokens, hidden_weight=args.hidden_weight,
+                               eval_every=args.eval_every, eval_tokens=args.eval_tokens, patience=args.patience,
+                               seed=args.seed)
+    config = load_config(args.config)  # validate before the slow load
+    check_target(Path(args.out).expanduser().absolute(), force=args.force)
+    note(f"loading {args.model} …")
+    session = ModelSession.open(args.model)
+    session.check_model(config)
+
+    def report(progress: Progress) -> None:
+        if progress.search is not None or progress.step % 5 == 0:
+            note(_line(progress))
+
+    result = recover(session, config, args.out, settings=settings, resume=args.resume, force=args.force,
+                     on_progress=report)
+    payload: dict[str, Any] = result.to_dict()
+    if not args.json:
+        payload.pop("history")
+    print_result(payload, as_json=args.json, width=14)
+    return 0
