@@ -14,7 +14,6 @@ is appended to ``bench/results/reconstruction/<suite>.json`` as soon as it is me
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bench.reconstruction_leveldb import record_row
 from compress.config import load_config
 from compress.ops import default_group_size, fake_quant, gptq, sparsegpt
 from compress.session import ModelSession
@@ -34,11 +34,6 @@ MODEL = "smollm2-135m"
 KEEPS = (0.5, 0.4, 0.3)
 
 
-def _record(out: Path, row: dict[str, Any]) -> None:
-    rows = json.loads(out.read_text()) if out.is_file() else []
-    rows = [r for r in rows if r["name"] != row["name"]] + [row]
-    out.write_text(json.dumps(rows, indent=2))
-    print(json.dumps(row), flush=True)
 
 
 def _wanda_config_path(keep: float) -> Path:
@@ -85,19 +80,19 @@ def quality(
 
     def measure(name: str, make: Make, **fields: Any) -> None:
         if wanted(name):
-            _record(out, {"name": name + suffix, **fields, "calibration_tokens": session.calibration_tokens,
+            record_row(out, {"name": name + suffix, **fields, "calibration_tokens": session.calibration_tokens,
                           "percdamp": percdamp, **_measure_weights(session, evaluator, make)})
 
     if wanted("dense"):
         dense = evaluator.dense_metrics()
-        _record(out, {"name": "dense", "ppl": dense.ppl, "kl": 0.0})
+        record_row(out, {"name": "dense", "ppl": dense.ppl, "kl": 0.0})
     for keep in KEEPS:
         config = load_config(_wanda_config_path(keep))
         ratios = {name: cfg.sparsity.ratio for name, cfg in config.layers.items() if cfg.sparsity}
         if wanted(f"wanda-{keep}"):
             with session.applied(config):
                 m = evaluator.evaluate()
-            _record(out, {"name": f"wanda-{keep}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
+            record_row(out, {"name": f"wanda-{keep}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
         measure(f"sparsegpt-{keep}",
                 lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n], percdamp=percdamp), keep=keep)
     for bits in (4, 3):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -19,10 +20,12 @@ MODEL = "smollm2-135m"
 TRIALS = 20
 
 
-def _record(out: Path, row: dict[str, Any]) -> None:
-    from bench.reconstruction import _record as record
-
-    record(out, row)
+def record_row(out: Path, row: dict[str, Any]) -> None:
+    """Add ``row`` to the JSON list in ``out`` (replacing a row of the same name), and print it."""
+    rows = json.loads(out.read_text()) if out.is_file() else []
+    rows = [r for r in rows if r["name"] != row["name"]] + [row]
+    out.write_text(json.dumps(rows, indent=2))
+    print(json.dumps(row), flush=True)
 
 
 def _random_levels(db: LevelDatabase, names: list[str], rng: random.Random, swaps: int = 60) -> dict[str, int]:
@@ -73,7 +76,7 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
         params = db.manifest["layers"][probe]["levels"][str(bits)]
         direct = gptq(session._dense[probe], stats.gram(probe), bits=bits, group_size=params["group_size"]).weight
         identical = bool(torch.equal(db.weight(probe, bits), direct))
-    _record(out, {
+    record_row(out, {
         "name": name, "operator": operator, "grid": grid.spec(), "layers": len(names),
         "levels_per_layer": sorted({len(db.levels(n)) for n in names}),
         "build_s": build_s, "layers_built_now": len(db.built_layers),

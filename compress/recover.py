@@ -40,13 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.errors import ConfigError, CorruptCheckpointError, DatasetError, ExportError
+from common.errors import ConfigError, CorruptCheckpointError, DatasetError
 from compress.config import CompressionConfig, LayerConfig
 from compress.data import DEFAULT_DATASET, token_stream
 from compress.export import (
     CONFIG_NAME,
     MANIFEST_NAME,
-    WEIGHTS_NAME,
     _replace,
     _usual_permissions,
     build_manifest,
@@ -58,6 +57,7 @@ from compress.measure import ENCODER_SEQ_LEN, Evaluator, Metrics
 from compress.ops import unstructured_mask
 from compress.recover_modules import ConstrainedLayer, FactoredLinear, MaskedLinear
 from compress.session import ModelSession
+from compress.weight_files import files_bytes, save_weights
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "slimscout.recover-checkpoint/v1"
@@ -458,14 +458,12 @@ def write_recovered(session: ModelSession, config: CompressionConfig, model: nn.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
+        save_weights(model, staging)
         session.loaded.tokenizer.save_pretrained(staging)
         config.save(staging / CONFIG_NAME)
-        weights = staging / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ExportError(f"the model was written as shards, not one {WEIGHTS_NAME}; too large to export")
-        manifest = build_manifest(session, config, merge=False, model_file_bytes=weights.stat().st_size,
-                                  stored_params=count_params(model))
+        dtype = next(iter(model.parameters())).dtype
+        manifest = build_manifest(session, config, merge=False, export_format="slimscout", dtype=dtype,
+                                  model_file_bytes=files_bytes(staging), stored_params=count_params(model))
         manifest["recovered"] = config.meta["recovered"]
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _usual_permissions(staging)

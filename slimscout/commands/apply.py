@@ -50,12 +50,12 @@ def run(args: argparse.Namespace) -> int:
 def apply(*, model_id: str, config_path: str, out: str, force: bool, merge: bool, export_format: str = "slimscout",
           dtype: str = "float32", max_shard_size: str = "2GB", eval_tokens: int = 0, dataset: str = "lee-news",
           command: str | None = None) -> dict[str, Any]:
-    from compress.weight_files import DTYPES as TORCH_DTYPES
     from compress.config import load_config
     from compress.export import check_target, export_compressed
     from compress.export_ct import plan_layers
     from compress.model_card import CardMeasurement
     from compress.session import ModelSession
+    from compress.weight_files import DTYPES as TORCH_DTYPES
 
     started = time.perf_counter()
     config = load_config(config_path)  # validate before the slow load
