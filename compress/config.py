@@ -112,7 +112,7 @@ class SparsitySpec:
     ``score`` names the sparsity method (a score such as ``wanda``, or any registered method).
     """
 
-    ratio: float = Field(ge=0.0, lt=1.0)
+    ratio: float = Field(ge=0.0, lt=1.0, allow_inf_nan=False)
     score: SparsityScore = "wanda"
     pattern: str = "unstructured"
 

@@ -75,6 +75,7 @@ from compress.checkpoint import (
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer, count_params
 from compress.model_card import CardMeasurement, render
+from compress.registry import EXPORT_FORMATS
 from compress.weight_files import DEFAULT_SHARD_SIZE, files_bytes, save_weights
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ if TYPE_CHECKING:
     from compress.session import ModelSession
 
 CARD_NAME = "README.md"
-EXPORT_FORMATS = ("slimscout", "compressed-tensors")
 
 __all__ = [
     "CARD_NAME",

@@ -147,3 +147,8 @@ def _check() -> None:
 
 
 _check()
+
+
+#: Checkpoint layouts ``slimscout apply --format`` writes (``compress.export``): ``slimscout`` keeps low-rank
+#: layers as two factors; ``compressed-tensors`` packs quantised layers as vLLM and transformers load them.
+EXPORT_FORMATS: tuple[str, ...] = ("slimscout", "compressed-tensors")

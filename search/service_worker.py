@@ -159,8 +159,31 @@ class ServiceWorker:
                     size_bytes=len(data),
                     sha256=hashlib.sha256(data).hexdigest(),
                 )
+                if spec.export_format is not None:
+                    self.export_checkpoint(session, row, spec, spec.export_format, best.user_attrs["config"],
+                                           summary)
             with contextlib.suppress(IllegalTransitionError):  # completed elsewhere, or cancelled, meanwhile
                 set_status(session, study_id=row.id, status=StudyStatus.COMPLETED)
+
+    def export_checkpoint(self, session: Any, row: Study, spec: StudySpec, export_format: str,
+                          config_doc: dict[str, Any], summary: dict[str, Any]) -> None:
+        """The winner's checkpoint in the spec's format, with its model card, as the study's artifact."""
+        from compress.config import config_from_dict
+        from compress.export import MANIFEST_NAME, export_compressed
+        from compress.model_card import CardMeasurement
+
+        holdout = summary.get("holdout", {})
+        best_ppl, dense_ppl = holdout.get("best", {}).get("ppl"), holdout.get("dense", {}).get("ppl")
+        measurement = (CardMeasurement(spec.dataset, "holdout", int(holdout["tokens"]), best_ppl, dense_ppl)
+                       if best_ppl is not None and dense_ppl is not None else None)
+        out = get_settings().cache_dir / "artifacts" / row.id / "checkpoint"
+        result = export_compressed(self.bench.session(spec.model_id), config_from_dict(config_doc), out,
+                                   force=True, merge=export_format == "compressed-tensors",
+                                   export_format=export_format, measurement=measurement,
+                                   command=f"POST /v1/studies {json.dumps(spec.to_dict(), sort_keys=True)}")
+        manifest = (out / MANIFEST_NAME).read_bytes()  # names every file's role; changes with every export
+        add_artifact(session, study_id=row.id, kind="checkpoint", path=str(out), size_bytes=result.file_bytes,
+                     sha256=hashlib.sha256(manifest).hexdigest())
 
     def reap(self, study: optuna.Study) -> None:
         """Fail and re-queue the study's trials whose workers died (a study no worker is in gets no reaper)."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from common.errors import ConfigError
 from compress.baseline_methods import BASELINE_METHODS
 from compress.catalog_entries import CATALOG
-from compress.registry import OPERATOR_NAMES, operator_info
+from compress.registry import EXPORT_FORMATS, OPERATOR_NAMES, operator_info
 from search.strategy_registry import STRATEGY_NAMES
 
 GRANULARITIES: tuple[str, ...] = ("uniform", "type", "block", "type-block", "layer")
@@ -40,12 +40,14 @@ if TYPE_CHECKING:
     Objective = str
     Strategy = str
     Baseline = str
+    ExportFormat = str
 else:
     Operator = Literal[OPERATOR_NAMES]
     Granularity = Literal[GRANULARITIES]
     Objective = Literal[OBJECTIVES]
     Strategy = Literal[STRATEGY_NAMES]
     Baseline = Literal[BASELINE_METHODS]
+    ExportFormat = Literal[EXPORT_FORMATS]
 
 
 def _no_repeats(field: str, items: list[str]) -> list[str]:
@@ -84,6 +86,10 @@ class StudySpec(BaseModel):
         "guided only: start the accuracy predictor from earlier studies in the same storage with the same "
         "model, dataset, split, eval_tokens and objective. Off by default, so that a spec and its seed "
         "decide the trials: with it on, the same spec runs differently on a storage with history."))] = False
+    export_format: Annotated[ExportFormat | None, Field(description=(
+        "write the winner's checkpoint in this layout when the study completes (downloaded from "
+        "/v1/studies/{id}/checkpoint); compressed-tensors stores what it cannot pack (low rank, SDQ "
+        "outliers) as dense matrices. None: the config document only"))] = None
     trust_remote_code: Annotated[bool, Field(description=(
         "the model needs its own Python code; refused unless the operator set SLIMSCOUT_TRUST_REMOTE_CODE "
         "(the workers' setting decides, not this field)"))] = False

@@ -48,4 +48,4 @@ def test_importing_the_api_loads_no_torch() -> None:
     assert result.returncode == 0, result.stderr
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
     assert "api" in loaded
-    assert not loaded & {"torch", "transformers", "safetensors", "search", "predictor"}
+    assert not loaded & {"torch", "transformers", "safetensors", "predictor"}

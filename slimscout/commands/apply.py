@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compress.registry import EXPORT_FORMATS
 from slimscout.commands._common import non_negative_int, note, print_result
 
-FORMATS = ("slimscout", "compressed-tensors")  # compress.export.EXPORT_FORMATS (tested to agree)
 DTYPES = ("float32", "bfloat16", "float16")  # compress.weight_files.DTYPES (tested to agree)
 
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--config", required=True, help="config document (slimscout.config/v1 JSON)")
     parser.add_argument("--out", required=True, help="directory to write (must not exist unless --force)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it is an earlier export")
-    parser.add_argument("--format", choices=FORMATS, default="slimscout",
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="slimscout",
                         help="slimscout: low-rank layers as two factors (read by slimscout.load_compressed); "
                              "compressed-tensors: quantised layers packed as vLLM and transformers load them")
     parser.add_argument("--merge", action="store_true",

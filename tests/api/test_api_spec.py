@@ -4,11 +4,16 @@ a study stores the same JSON whichever way it came in."""
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import tarfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from compress.baseline_methods import BASELINE_METHODS
@@ -97,3 +102,42 @@ def test_a_service_study_posted_with_tpe_runs_tpe(client: TestClient, storage_ur
     sources = [t["source"] for t in client.get(f"/v1/studies/{created['id']}/trials").json()["trials"]]
     assert sources[0] == "baseline:uniform"
     assert set(sources[1:]) == {"sampler:tpe"} and len(sources) == 8
+
+
+def test_a_service_study_exports_its_winner_in_the_chosen_format(client: TestClient, storage_url: str,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``export_format`` makes the worker write the winner's checkpoint; it downloads as a tar and loads
+    with plain transformers (compressed-tensors), its model card quoting the holdout numbers."""
+    from transformers import AutoModelForCausalLM
+
+    from common.settings import get_settings
+    from search.context import Workbench
+    from search.service_worker import serve_studies
+
+    monkeypatch.setenv("SLIMSCOUT_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    body = {"model_id": "tiny-llama", "budget": 0.5, "operators": ["wanda", "int8"], "strategy": "random",
+            "n_trials": 3, "eval_tokens": 64, "holdout_tokens": 64, "sensitivity_tokens": 64,
+            "baselines": ["uniform"], "export_format": "compressed-tensors"}
+    created = client.post("/v1/studies", json=body).json()
+    assert created["spec"]["export_format"] == "compressed-tensors"
+    serve_studies(storage_url, Workbench(), stop=threading.Event(), once=True, poll_s=0.1)
+    detail = client.get(f"/v1/studies/{created['id']}").json()
+    assert detail["status"] == "completed" and detail["has_checkpoint"] is True, detail
+    response = client.get(f"/v1/studies/{created['id']}/checkpoint")
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        tar.extractall(tmp_path / "download", filter="data")
+    (root,) = (tmp_path / "download").iterdir()
+    manifest = json.loads((root / "slimscout_manifest.json").read_text())
+    assert manifest["format"] == "compressed-tensors"
+    assert "packed" in {entry["storage"] for entry in manifest["layers"].values()}
+    holdout = detail["holdout"]
+    card = (root / "README.md").read_text()
+    assert "base_model: tiny-llama" in card
+    assert f"| dense `tiny-llama` | {holdout['dense']['ppl']:.2f} |" in card
+    assert f"| this model | {holdout['best']['ppl']:.2f}" in card
+    model = AutoModelForCausalLM.from_pretrained(root)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()

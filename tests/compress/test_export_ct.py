@@ -14,7 +14,7 @@ from torch import nn
 from common.errors import ExportError
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, QuantSpec, SparsitySpec, config_from_dict
-from compress.export import CARD_NAME, EXPORT_FORMATS, MANIFEST_NAME, export_compressed, load_compressed
+from compress.export import CARD_NAME, MANIFEST_NAME, export_compressed, load_compressed
 from compress.model_card import CardMeasurement
 from compress.session import ModelSession
 from compress.weight_files import DTYPES, INDEX_NAME
@@ -62,7 +62,6 @@ def plain_load(out: Path) -> nn.Module:
 
 
 def test_the_vocabularies_agree() -> None:
-    assert apply_command.FORMATS == EXPORT_FORMATS
     assert tuple(DTYPES) == apply_command.DTYPES
 
 
