@@ -85,6 +85,8 @@ METHODS: dict[tuple[Slot, str], MethodInfo] = {
     for info in (
         MethodInfo("sparsity", "wanda", "compress.operators.wanda:HANDLER", "prune by |W|·‖X‖ per output row"),
         MethodInfo("sparsity", "magnitude", "compress.operators.magnitude:HANDLER", "prune by |W| per output row"),
+        MethodInfo("sparsity", "sparsegpt", "compress.operators.sparsegpt:HANDLER",
+                   "prune and rebuild the output with the OBS update on the calibration Hessian"),
         MethodInfo("lowrank", "svd", "compress.operators.svd:PLAIN", "truncated SVD of W"),
         MethodInfo("lowrank", "svd-whitened", "compress.operators.svd:WHITENED",
                    "SVD of W·S, S the Cholesky factor of the calibration Gram"),
@@ -98,8 +100,13 @@ OPERATORS: dict[str, OperatorInfo] = {
     for info in (
         OperatorInfo("wanda", "sparsity", "unstructured, |W|·‖X‖ per output row", "wanda"),
         OperatorInfo("magnitude", "sparsity", "unstructured, |W| per output row", "magnitude"),
+        OperatorInfo("sparsegpt", "sparsity", "unstructured, SparseGPT (kept weights rebuilt by OBS)", "sparsegpt"),
         OperatorInfo("nm-2:4", "nm", "2:4 structured sparsity (Wanda score)", "wanda", _preset(pattern="2:4")),
         OperatorInfo("nm-4:8", "nm", "4:8 structured sparsity (Wanda score)", "wanda", _preset(pattern="4:8")),
+        OperatorInfo("sparsegpt-2:4", "nm", "2:4 structured sparsity, SparseGPT", "sparsegpt",
+                     _preset(pattern="2:4")),
+        OperatorInfo("sparsegpt-4:8", "nm", "4:8 structured sparsity, SparseGPT", "sparsegpt",
+                     _preset(pattern="4:8")),
         OperatorInfo("svd", "lowrank", "truncated SVD of W", "svd"),
         OperatorInfo("svd-whitened", "lowrank", "SVD of W·S, S the Cholesky factor of the calibration Gram",
                      "svd-whitened"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 from torch import Tensor
@@ -45,6 +46,11 @@ class LayerContext(Protocol):
     """What a handler may ask of the model session (``compress.session.ModelSession``)."""
 
     layers: list[LinearLayer]
+
+    @property
+    def cache_dir(self) -> Path:
+        """This model's and calibration data's cache directory (handlers may keep files under it)."""
+        ...
 
     def stats(self) -> CalibrationStats: ...
 

@@ -22,9 +22,10 @@ def test_every_method_resolves_to_a_handler_of_its_slot(slot: registry.Slot, nam
 
 
 def test_budget_tables_are_the_registry_by_family() -> None:
-    assert set(budget.SPARSITY_OPERATORS) == set(registry.operators_of("sparsity")) == {"wanda", "magnitude"}
+    assert set(budget.SPARSITY_OPERATORS) == set(registry.operators_of("sparsity")) == {"wanda", "magnitude", "sparsegpt"}
     assert set(budget.LOWRANK_OPERATORS) == set(registry.operators_of("lowrank")) == {"svd", "svd-whitened"}
-    assert budget.NM_OPERATORS == {"nm-2:4": (2, 4), "nm-4:8": (4, 8)}
+    assert budget.NM_OPERATORS == {"nm-2:4": (2, 4), "nm-4:8": (4, 8), "sparsegpt-2:4": (2, 4),
+                                   "sparsegpt-4:8": (4, 8)}
     quant = {"int8": QuantSpec(8, 128), "int4": QuantSpec(4, 128), "sdq": QuantSpec(4, 128, "1:8")}
     assert quant == budget.QUANT_OPERATORS
     assert set(budget.OPERATORS) == set(registry.OPERATOR_NAMES)

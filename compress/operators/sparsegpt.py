@@ -1,0 +1,93 @@
+"""SparseGPT (Frantar & Alistarh 2023): prune, then update the kept weights to rebuild the layer's output.
+
+Unlike Wanda, the result is not a mask over the dense weight: the kept weights change (the OBS
+update, ``compress.ops.sparsegpt``), and the change depends on the sparsity. So a layer at a given
+setting is computed once from the dense weight and the calibration Gram of the DENSE model's inputs
+(any mix of layer settings then plugs together, as in EvoPress's level database), and kept: in
+memory for the session, and on disk beside the other per-model caches
+(``<stats cache>/sparsegpt/<layer>-<setting>.safetensors``), so every later trial, process and
+worker that asks for the same (layer, setting) loads it instead of recomputing (~0.3-2 s per layer
+on 2 cores).
+
+Scope: the dense weight of a layer (unstructured with slimscout's exact per-row counts, or N:M).
+A low-rank factor has no Gram of its own inputs here, so SparseGPT on factors is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from common.errors import ConfigError
+from compress.config import SparsitySpec
+from compress.operators.base import LayerContext, SparsityHandler
+from compress.ops import pruned_per_row, sparsegpt
+
+DAMPENING = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's default)
+
+
+def setting_key(cols: int, spec: SparsitySpec) -> str:
+    """The cache key of a setting: weights pruned per row (unstructured) or the N:M pattern."""
+    nm = spec.nm
+    return f"nm{nm[0]}-{nm[1]}" if nm is not None else f"p{pruned_per_row(cols, spec.ratio)}"
+
+
+class SparseGPTSparsity(SparsityHandler):
+    @property
+    def needs_stats(self) -> bool:
+        return True
+
+    def _path(self, ctx: LayerContext, name: str, key: str) -> Path:
+        return ctx.cache_dir / "sparsegpt" / f"{name}-{key}-d{DAMPENING}.safetensors"
+
+    def warm(self, ctx: LayerContext, name: str, spec: SparsitySpec) -> None:
+        self._pruned(ctx, name, spec)
+
+    def _pruned(self, ctx: LayerContext, name: str, spec: SparsitySpec) -> Tensor:
+        dense = ctx.dense_weight(name)
+        key = setting_key(int(dense.shape[1]), spec)
+        memo = ctx.handler_cache(self.name)
+        cached = memo.get(f"{name}|{key}")
+        if isinstance(cached, Tensor):
+            return cached
+        path = self._path(ctx, name, key)
+        if path.is_file():
+            weight = load_file(str(path))["weight"]
+        else:
+            nm = spec.nm
+            try:
+                weight = sparsegpt(dense, ctx.stats().gram(name), sparsity=None if nm else spec.ratio, nm=nm,
+                                   percdamp=DAMPENING)
+            except ConfigError as exc:
+                raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+            save_file({"weight": weight.contiguous()}, str(tmp))
+            tmp.replace(path)
+        memo[f"{name}|{key}"] = weight
+        return weight
+
+    def sparsify(self, ctx: LayerContext, name: str, matrix: Tensor, spec: SparsitySpec, *,
+                 col_norm: Tensor | None = None, ranks: Tensor | None = None) -> Tensor:
+        if spec.ratio == 0:
+            return matrix
+        dense = ctx.dense_weight(name)
+        if matrix.shape != dense.shape:
+            raise ConfigError(f"layers.{name}.sparsity.score",
+                              "sparsegpt prunes a layer's dense weight, not its low-rank factors "
+                              "(use wanda or magnitude on a low-rank layer)")
+        if matrix is dense or torch.equal(matrix, dense):
+            return self._pruned(ctx, name, spec)
+        # Another matrix of the layer's shape (a rank-truncated weight stored dense): the same inputs,
+        # so the same Gram; computed, not cached (it is specific to that matrix).
+        nm = spec.nm
+        return sparsegpt(matrix, ctx.stats().gram(name), sparsity=None if nm else spec.ratio, nm=nm,
+                         percdamp=DAMPENING)
+
+
+HANDLER = SparseGPTSparsity("sparsegpt")
