@@ -5,6 +5,8 @@
 #
 # Usage: bash bench/peer_llmcompressor.sh [METHOD:SPARSITY ...]   (default: sparsegpt:0.6 wanda:0.6)
 # Writes bench/results/peer/<method>-keep<keep>.json; a job whose result file exists is skipped.
+# Beside each peer row, slimscout's own uniform configs at the same keep (SLIM_OPERATORS, default
+# wanda) and the dense model are measured the same way: bench/results/peer/slimscout-*.json.
 # The peer runs in its own venv (PEER_VENV, default /work/peer-venv, created if missing: torch==2.13.0
 # first, the CPU build on this machine's disk, then llmcompressor); its pruned models go to
 # PEER_MODELS (default /work/peer-models), outside the repository. Everything runs at nice 19.
@@ -18,6 +20,9 @@ LLMC_VERSION=${LLMC_VERSION:-0.14.0.1}
 OUT=bench/results/peer
 CALIB=$PEER_MODELS/calibration.json
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# One thread: on a loaded 2-core machine OpenMP threads spin-wait on each other, and SparseGPT's
+# column loop ran ~50x slower with 2 threads than with 1 (measured, load average ~15).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT" "$PEER_MODELS"
 
 if [ ! -x "$PEER_VENV/bin/python" ] || ! "$PEER_VENV/bin/python" -c "import llmcompressor" 2>/dev/null; then
@@ -34,6 +39,32 @@ evaluate() {  # model split -> JSON on stdout
   PYTHONPATH=$ROOT nice -n 19 "$SLIM_PY" -m slimscout.cli evaluate --model "$1" --split "$2" --tokens 4096 --json
 }
 
+slimscout_row() {  # name, then baseline arguments (none: dense) -> bench/results/peer/slimscout-<name>.json
+  local name=$1 result=$OUT/slimscout-$1.json config=""
+  shift
+  [ -f "$result" ] && return 0
+  if [ $# -gt 0 ]; then
+    config=$PEER_MODELS/slimscout-$name.config.json
+    PYTHONPATH=$ROOT nice -n 19 "$SLIM_PY" -m slimscout.cli baseline --model smollm2-135m "$@" --out "$config" --json \
+      > /dev/null
+  fi
+  for split in holdout search; do
+    PYTHONPATH=$ROOT nice -n 19 "$SLIM_PY" -m slimscout.cli evaluate --model smollm2-135m ${config:+--config "$config"} \
+      --split $split --tokens 4096 --json > "$PEER_MODELS/slimscout-$name.$split.json"
+  done
+  python3 - "$name" "$*" "$PEER_MODELS/slimscout-$name".{holdout,search}.json "$result" <<'PY'
+import json, sys
+name, args, holdout, search, out = sys.argv[1:]
+record = {"slimscout": name, "baseline_args": args or None}
+for split, path in (("holdout", holdout), ("search", search)):
+    d = json.loads(open(path).read())
+    record[split] = {k: d[k] for k in ("ppl", "kl", "keep_ratio", "tokens", "predicted_tokens")}
+open(out, "w").write(json.dumps(record, indent=2) + "\n")
+print(f"{out}: holdout {record['holdout']['ppl']:.2f}, search {record['search']['ppl']:.2f}")
+PY
+}
+
+slimscout_row dense
 for job in "${@:-sparsegpt:0.6 wanda:0.6}"; do
   for spec in $job; do
     method=${spec%%:*}
@@ -65,5 +96,9 @@ open(out, "w").write(json.dumps(record, indent=2) + "\n")
 print(f"{out}: holdout {record['holdout']['ppl']:.2f}, search {record['search']['ppl']:.2f}, "
       f"sparsity {checks['sparsity_min']:.4f}..{checks['sparsity_max']:.4f}, oneshot {record['oneshot_wall_s']} s")
 PY
+    for operator in ${SLIM_OPERATORS:-wanda}; do
+      slimscout_row "uniform-$operator-keep$keep" --method uniform --operator "$operator" --budget "$keep" \
+        || echo "slimscout uniform $operator $keep failed"
+    done
   done
 done
