@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from compress.calibration import collect_stats
 from compress.catalog import _smollm2_dir, load_model
 from compress.data import split_documents, token_stream
@@ -30,19 +32,28 @@ def calibration_seq_len() -> int:
     return int(inspect.signature(collect_stats).parameters["seq_len"].default)
 
 
-def main(out: Path) -> None:
+def main(out: Path, mode: str) -> None:
+    """``mode`` "slimscout": slimscout's calibration tokens; "documents": every calibration document whole."""
     loaded = load_model(MODEL_ID)
     stream = token_stream(DATASET, "calibration", loaded.tokenizer)
-    ids = stream.ids[: min(DEFAULT_CALIBRATION_TOKENS, stream.ids.numel())]
-    seq_len = calibration_seq_len()
-    sequences = [
-        ids[i : i + seq_len].tolist() for i in range(0, ids.numel(), seq_len) if ids[i : i + seq_len].numel() >= 2
-    ]
+    if mode == "documents":
+        docs = split_documents(DATASET, "calibration")
+        encoded = loaded.tokenizer(docs, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        sequences = [list(map(int, seq)) for seq in encoded]
+        seq_len = max(len(seq) for seq in sequences)
+        ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
+    else:
+        ids = stream.ids[: min(DEFAULT_CALIBRATION_TOKENS, stream.ids.numel())]
+        seq_len = calibration_seq_len()
+        sequences = [
+            ids[i : i + seq_len].tolist() for i in range(0, ids.numel(), seq_len) if ids[i : i + seq_len].numel() >= 2
+        ]
     document = {
         "model_id": MODEL_ID,
         "model_dir": str(_smollm2_dir()),
         "dataset": DATASET,
         "split": "calibration",
+        "mode": mode,
         "documents": len(split_documents(DATASET, "calibration")),
         "split_tokens": int(stream.ids.numel()),
         "tokens": int(ids.numel()),
@@ -56,6 +67,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: peer_calibration.py OUT.json")
-    main(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["slimscout"], ["documents"]):
+        raise SystemExit("usage: peer_calibration.py OUT.json [slimscout|documents]")
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) == 3 else "slimscout")

@@ -7,6 +7,9 @@
 # Writes bench/results/peer/<method>-keep<keep>.json; a job whose result file exists is skipped.
 # Beside each peer row, slimscout's own uniform configs at the same keep (SLIM_OPERATORS, default
 # wanda) and the dense model are measured the same way: bench/results/peer/slimscout-*.json.
+# PEER_CALIBRATION=documents calibrates the peer on all 60 calibration documents, one sequence each
+# (~14k tokens, as the run quoted in issue 17 did) instead of slimscout's 4,096 tokens; its results
+# are named <method>-keep<keep>-docs60.json and no slimscout rows are added.
 # The peer runs in its own venv (PEER_VENV, default /work/peer-venv, created if missing: torch==2.13.0
 # first, the CPU build on this machine's disk, then llmcompressor); its pruned models go to
 # PEER_MODELS (default /work/peer-models), outside the repository. Everything runs at nice 19.
@@ -18,7 +21,12 @@ PEER_MODELS=${PEER_MODELS:-/work/peer-models}
 SLIM_PY=${SLIM_PY:-/work/main/.venv/bin/python}
 LLMC_VERSION=${LLMC_VERSION:-0.14.0.1}
 OUT=bench/results/peer
-CALIB=$PEER_MODELS/calibration.json
+MODE=${PEER_CALIBRATION:-slimscout}
+case $MODE in
+  slimscout) CALIB=$PEER_MODELS/calibration.json SUFFIX="" ;;
+  documents) CALIB=$PEER_MODELS/calibration-documents.json SUFFIX=-docs60 SLIM_OPERATORS="" ;;
+  *) echo "PEER_CALIBRATION must be slimscout or documents" >&2; exit 2 ;;
+esac
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # One thread: on a loaded 2-core machine OpenMP threads spin-wait on each other, and SparseGPT's
 # column loop ran ~50x slower with 2 threads than with 1 (measured, load average ~15).
@@ -32,7 +40,7 @@ if [ ! -x "$PEER_VENV/bin/python" ] || ! "$PEER_VENV/bin/python" -c "import llmc
 fi
 
 if [ ! -f "$CALIB" ]; then
-  PYTHONPATH=$ROOT nice -n 19 "$SLIM_PY" bench/peer_calibration.py "$CALIB"
+  PYTHONPATH=$ROOT nice -n 19 "$SLIM_PY" bench/peer_calibration.py "$CALIB" "$MODE"
 fi
 
 evaluate() {  # model split -> JSON on stdout
@@ -64,22 +72,22 @@ print(f"{out}: holdout {record['holdout']['ppl']:.2f}, search {record['search'][
 PY
 }
 
-slimscout_row dense
+[ "$MODE" = slimscout ] && slimscout_row dense
 for job in "${@:-sparsegpt:0.6 wanda:0.6}"; do
   for spec in $job; do
     method=${spec%%:*}
     sparsity=${spec##*:}
     keep=$(python3 -c "print(round(1 - $sparsity, 6))")
-    result=$OUT/$method-keep$keep.json
+    result=$OUT/$method-keep$keep$SUFFIX.json
     [ -f "$result" ] && { echo "skip $result (exists)"; continue; }
-    model=$PEER_MODELS/$method-$sparsity
+    model=$PEER_MODELS/$method-$sparsity$SUFFIX
     if [ ! -f "$model/peer.json" ]; then
       nice -n 19 "$PEER_VENV/bin/python" bench/peer_llmcompressor.py "$CALIB" "$method" "$sparsity" "$model" \
-        > "$PEER_MODELS/$method-$sparsity.log" 2>&1 || { tail -5 "$PEER_MODELS/$method-$sparsity.log"; exit 1; }
+        > "$model.log" 2>&1 || { tail -5 "$model.log"; exit 1; }
     fi
-    evaluate "$model" holdout > "$PEER_MODELS/$method-$sparsity.holdout.json"
-    evaluate "$model" search > "$PEER_MODELS/$method-$sparsity.search.json"
-    python3 - "$model/peer.json" "$PEER_MODELS/$method-$sparsity".{holdout,search}.json "$result" <<'PY'
+    evaluate "$model" holdout > "$model.holdout.json"
+    evaluate "$model" search > "$model.search.json"
+    python3 - "$model/peer.json" "$model".{holdout,search}.json "$result" <<'PY'
 import json, sys
 peer, holdout, search, out = sys.argv[1:]
 record = json.loads(open(peer).read())
@@ -96,9 +104,11 @@ open(out, "w").write(json.dumps(record, indent=2) + "\n")
 print(f"{out}: holdout {record['holdout']['ppl']:.2f}, search {record['search']['ppl']:.2f}, "
       f"sparsity {checks['sparsity_min']:.4f}..{checks['sparsity_max']:.4f}, oneshot {record['oneshot_wall_s']} s")
 PY
-    for operator in ${SLIM_OPERATORS:-wanda}; do
+    for operator in ${SLIM_OPERATORS-wanda} ; do
       slimscout_row "uniform-$operator-keep$keep" --method uniform --operator "$operator" --budget "$keep" \
         || echo "slimscout uniform $operator $keep failed"
     done
   done
 done
+
+python3 bench/peer_table.py "$OUT" | tee "$OUT/TABLE.md"
