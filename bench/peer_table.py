@@ -22,8 +22,8 @@ def rows(results: Path) -> list[str]:
     records = [json.loads(path.read_text()) for path in sorted(results.glob("*.json"))]
     records.sort(key=lambda r: (-_keep_of(r), "peer" not in r, r.get("method") or r.get("slimscout", "")))
     lines = [
-        "| keep | tool | method | holdout ppl | search ppl | measured sparsity (projections) | oneshot s |",
-        "|---|---|---|---|---|---|---|",
+        "| keep | tool | method | calibration | holdout ppl | search ppl | sparsity (projections) | oneshot s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "peer" in r:
@@ -32,12 +32,16 @@ def rows(results: Path) -> list[str]:
             method = r["recipe"]["modifier"]
             sparsity = f"{s['sparsity_overall']:.4f} ({s['sparsity_min']:.4f}..{s['sparsity_max']:.4f})"
             wall = f"{r['oneshot_wall_s']:.0f}"
+            calib = r["calibration"]
+            docs = calib.get("mode") == "documents"
+            calibration = f"{calib['tokens']} tok, " + ("60 whole docs" if docs else f"{calib['seq_len']}-tok seqs")
         else:
             tool, method, wall = "slimscout", r["slimscout"], "-"
+            calibration = "4096 tok" if r.get("baseline_args") else "-"
             sparsity = f"{1 - r['holdout']['keep_ratio']:.4f}"
         lines.append(
-            f"| {_keep_of(r):.1f} | {tool} | {method} | {r['holdout']['ppl']:.2f} | {r['search']['ppl']:.2f} "
-            f"| {sparsity} | {wall} |"
+            f"| {_keep_of(r):.1f} | {tool} | {method} | {calibration} | {r['holdout']['ppl']:.2f} "
+            f"| {r['search']['ppl']:.2f} | {sparsity} | {wall} |"
         )
     return lines
 
