@@ -130,7 +130,8 @@ def main(calib_path: Path, method: str, sparsity: float, out: Path) -> None:
             "mask_structure": "0:0",
             "pipeline": "oneshot default",
         },
-        "calibration": {k: calib[k] for k in ("dataset", "split", "documents", "tokens", "seq_len", "sha256")},
+        "calibration": {k: calib.get(k) for k in ("dataset", "split", "mode", "tokens", "seq_len", "sha256")}
+        | {"sequences": len(calib["sequences"]), "split_documents": calib["documents"]},
         "versions": {p: version(p) for p in ("llmcompressor", "compressed-tensors", "transformers", "torch")},
         "torch_threads": torch.get_num_threads(),
         "oneshot_wall_s": round(wall, 2),

@@ -19,7 +19,10 @@ def _keep_of(record: dict[str, Any]) -> float:
 
 
 def rows(results: Path) -> list[str]:
-    records = [json.loads(path.read_text()) for path in sorted(results.glob("*.json"))]
+    records = [
+        json.loads(path.read_text()) | {"_docs": path.stem.endswith("-docs60")}
+        for path in sorted(results.glob("*.json"))
+    ]
     records.sort(key=lambda r: (-_keep_of(r), "peer" not in r, r.get("method") or r.get("slimscout", "")))
     lines = [
         "| keep | tool | method | calibration | holdout ppl | search ppl | sparsity (projections) | oneshot s |",
@@ -33,7 +36,7 @@ def rows(results: Path) -> list[str]:
             sparsity = f"{s['sparsity_overall']:.4f} ({s['sparsity_min']:.4f}..{s['sparsity_max']:.4f})"
             wall = f"{r['oneshot_wall_s']:.0f}"
             calib = r["calibration"]
-            docs = calib.get("mode") == "documents"
+            docs = r["_docs"]
             calibration = f"{calib['tokens']} tok, " + ("60 whole docs" if docs else f"{calib['seq_len']}-tok seqs")
         else:
             tool, method, wall = "slimscout", r["slimscout"], "-"
