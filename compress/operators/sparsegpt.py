@@ -4,7 +4,7 @@ Unlike Wanda, the result is not a mask over the dense weight: the kept weights c
 update, ``compress.ops.sparsegpt``), and the change depends on the sparsity. So a layer at a given
 setting is computed once from the dense weight and the calibration Gram of the DENSE model's inputs
 (any mix of layer settings then plugs together, as in EvoPress's level database), and kept: in
-memory for the session, and on disk beside the other per-model caches
+memory for the session (each layer's latest setting), and on disk beside the other per-model caches
 (``<stats cache>/sparsegpt/<layer>-<setting>.safetensors``), so every later trial, process and
 worker that asks for the same (layer, setting) loads it instead of recomputing (~0.3-2 s per layer
 on 2 cores).
@@ -51,10 +51,11 @@ class SparseGPTSparsity(SparsityHandler):
     def _pruned(self, ctx: LayerContext, name: str, spec: SparsitySpec) -> Tensor:
         dense = ctx.dense_weight(name)
         key = setting_key(int(dense.shape[1]), spec)
-        memo = ctx.handler_cache(self.name)
-        cached = memo.get(f"{name}|{key}")
-        if isinstance(cached, Tensor):
-            return cached
+        memo = ctx.handler_cache(self.name)  # per layer, only the last setting: a search walks many settings
+        cached = memo.get(name)
+        if isinstance(cached, tuple) and cached[0] == key:
+            weight: Tensor = cached[1]
+            return weight
         path = self._path(ctx, name, key)
         if path.is_file():
             weight = load_file(str(path))["weight"]
@@ -69,7 +70,7 @@ class SparseGPTSparsity(SparsityHandler):
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
             save_file({"weight": weight.contiguous()}, str(tmp))
             tmp.replace(path)
-        memo[f"{name}|{key}"] = weight
+        memo[name] = (key, weight)
         return weight
 
     def sparsify(self, ctx: LayerContext, name: str, matrix: Tensor, spec: SparsitySpec, *,
