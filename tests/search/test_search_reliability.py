@@ -60,7 +60,7 @@ def test_a_killed_worker_s_trial_is_failed_within_two_heartbeats_and_measured_on
     postgres: Any,
 ) -> None:
     url = postgres.create_database()
-    prepare(url, 8)
+    spec = prepare(url, 8)
     settings = env(heartbeat_interval_s=str(INTERVAL_S))
     victim, survivor = (subprocess.Popen(worker_command(url, "shared", i), env=settings) for i in range(2))
     storage = optuna.storages.RDBStorage(storage_url(url))
@@ -84,7 +84,8 @@ def test_a_killed_worker_s_trial_is_failed_within_two_heartbeats_and_measured_on
     assert len(copies) == 1, "re-queued exactly once"
     assert copies[0].state in FINISHED and copies[0].user_attrs["worker"] == worker_id(survivor.pid)
     assert copies[0].params.items() >= held.params.items()  # the same candidate
-    assert copies[0].user_attrs["source"] == held.user_attrs.get("source", "sampler")
+    # a sampled trial names its strategy once measured; the held one was frozen before that
+    assert copies[0].user_attrs["source"] == held.user_attrs.get("source", f"sampler:{spec.strategy}")
 
 
 @pytest.mark.slow
