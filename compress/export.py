@@ -319,10 +319,7 @@ def export_compressed(session: ModelSession, config: CompressionConfig, out: str
     session.warm(config)
     model_dtype = next(iter(session.modules.values())).weight.dtype
     dtype = dtype or model_dtype
-    created = _first_missing_ancestor(out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_directory(out, force=force) as staging:
         with compressed_model(session, config, merge=merge or plans is not None) as model:
             if plans is not None:
                 write_compressed_tensors(session, config, model, staging, plans, dtype=dtype,
@@ -340,18 +337,32 @@ def export_compressed(session: ModelSession, config: CompressionConfig, out: str
                       export_format=export_format, dtype=manifest["dtype"], measurement=measurement,
                       command=command)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
-        _usual_permissions(staging)
-        _replace(staging, out, force=force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty_dirs(out.parent, created)
-        raise
     return ExportResult(out=out, params_kept=cost.params,
                         params_total=session.params_total - session.params_linear + cost.params,
                         params_linear_dense=session.params_linear, stored_params=stored_params,
                         accounted_bytes=cost.bytes, file_bytes=manifest["totals"]["model_file_bytes"],
                         factored_layers=manifest["totals"]["factored_layers"], merged=merge,
                         seconds=time.perf_counter() - start, format=export_format, dtype=manifest["dtype"])
+
+
+@contextmanager
+def staged_directory(out: Path, *, force: bool) -> Iterator[Path]:
+    """A temporary directory next to ``out`` to write an export into; renamed to ``out`` when the block ends.
+
+    On any error (a full disk included) the staging directory and the parents this created are
+    removed, and an earlier export at ``out`` stays as it was.
+    """
+    created = _first_missing_ancestor(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        _usual_permissions(staging)
+        _replace(staging, out, force=force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty_dirs(out.parent, created)
+        raise
 
 
 def _usual_permissions(directory: Path) -> None:

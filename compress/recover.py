@@ -29,7 +29,6 @@ import json
 import math
 import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,11 +45,10 @@ from compress.data import DEFAULT_DATASET, token_stream
 from compress.export import (
     CONFIG_NAME,
     MANIFEST_NAME,
-    _replace,
-    _usual_permissions,
     build_manifest,
     check_target,
     is_factored,
+    staged_directory,
 )
 from compress.layers import count_params
 from compress.measure import ENCODER_SEQ_LEN, Evaluator, Metrics
@@ -455,9 +453,7 @@ def write_recovered(session: ModelSession, config: CompressionConfig, model: nn.
                     force: bool) -> None:
     """Write ``model`` (baked: plain Linear / LowRankLinear) as a ``compress.export`` directory:
     staged next to ``out`` and renamed into place, with the config document and the manifest."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_directory(out, force=force) as staging:
         save_weights(model, staging)
         session.loaded.tokenizer.save_pretrained(staging)
         config.save(staging / CONFIG_NAME)
@@ -466,8 +462,3 @@ def write_recovered(session: ModelSession, config: CompressionConfig, model: nn.
                                   model_file_bytes=files_bytes(staging), stored_params=count_params(model))
         manifest["recovered"] = config.meta["recovered"]
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _usual_permissions(staging)
-        _replace(staging, out, force=force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
