@@ -12,10 +12,10 @@ from typing import Any
 from common.errors import SlimscoutError
 from common.settings import Settings
 from compress.catalog_entries import CATALOG
+from compress.corpora import BUILTIN_DATASETS
 from compress.model_dir import check_model_dir
 from search.spec import HUB_DATASET, StudySpec
 
-BUILTIN_DATASETS = ("lee-news",)
 DATA_SUFFIXES = (".txt", ".jsonl")
 
 

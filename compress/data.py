@@ -1,14 +1,14 @@
 """Evaluation text: named corpora split into fixed, disjoint parts, tokenized per model.
 
-``lee-news`` is the Lee news corpus that gensim's wheel ships (300 news articles, one per line).
-Splits are taken by document, so they are disjoint for every tokenizer: ``calibration`` (the
-first 60 documents), ``search`` (the next 120) and ``holdout`` (the last 120).
+Built-in corpora (``compress.corpora``): ``lee-news`` (the default) and ``enwiki``; or a local
+.txt/.jsonl file, or ``hf:NAME``. Splits are taken by document, so they are disjoint for every
+tokenizer: ``calibration`` (the first 20% of the documents: 60 of Lee news), ``search`` (the next
+40%) and ``holdout`` (the last 40%).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from common.errors import DatasetError
+from compress.corpora import BUILTIN, BUILTIN_DATASETS
 
 Split = Literal["calibration", "search", "holdout"]
 SPLITS: tuple[Split, ...] = ("calibration", "search", "holdout")
@@ -27,17 +28,6 @@ SPLIT_FRACTIONS: dict[Split, tuple[float, float]] = {
     "search": (0.2, 0.6),
     "holdout": (0.6, 1.0),
 }
-DEFAULT_DATASET = "lee-news"
-
-
-def _lee_path() -> Path:
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or spec.origin is None:
-        raise DatasetError("dataset 'lee-news' needs the gensim package (pip install gensim)")
-    path = Path(spec.origin).parent / "test" / "test_data" / "lee_background.cor"
-    if not path.is_file():
-        raise DatasetError(f"dataset 'lee-news': {path} is missing from the gensim install")
-    return path
 
 
 def _read_local(path: Path) -> list[str]:
@@ -78,14 +68,15 @@ def _read_hf(spec: str) -> list[str]:
 
 @lru_cache(maxsize=8)
 def load_documents(dataset: str) -> tuple[str, ...]:
-    if dataset == DEFAULT_DATASET:
-        docs = [line.strip() for line in _lee_path().read_text(encoding="utf-8").splitlines() if line.strip()]
+    if dataset in BUILTIN:
+        docs = BUILTIN[dataset]()
     elif dataset.startswith("hf:"):
         docs = _read_hf(dataset)
     else:
         candidate = Path(dataset).expanduser()
         if candidate.suffix not in (".txt", ".jsonl") and not candidate.exists():
-            raise DatasetError(f"unknown dataset {dataset!r} (use 'lee-news', a .txt/.jsonl file, or hf:NAME)")
+            raise DatasetError(f"unknown dataset {dataset!r} (use {', '.join(BUILTIN_DATASETS)}, "
+                               "a .txt/.jsonl file, or hf:NAME)")
         docs = _read_local(candidate)
     if len(docs) < 3:
         raise DatasetError(f"dataset {dataset!r} has {len(docs)} documents; at least 3 are needed for 3 splits")

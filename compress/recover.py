@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from common.errors import ConfigError, CorruptCheckpointError, DatasetError
 from compress.config import CompressionConfig, LayerConfig
-from compress.data import DEFAULT_DATASET, token_stream
+from compress.corpora import DEFAULT_DATASET
+from compress.data import token_stream
 from compress.export import (
     CONFIG_NAME,
     MANIFEST_NAME,

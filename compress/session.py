@@ -34,7 +34,8 @@ from compress.accounting import LayerCost, model_cost
 from compress.calibration import CalibrationStats, collect_stats
 from compress.catalog import LoadedModel, load_model
 from compress.config import CompressionConfig, LayerConfig
-from compress.data import DEFAULT_DATASET, Split, token_stream
+from compress.corpora import DEFAULT_DATASET
+from compress.data import Split, token_stream
 from compress.layers import LinearLayer, count_params, linear_layers
 from compress.measure import Evaluator
 from compress.operators import lowrank_handler, quant_handler, score_handler, sparsity_handler

@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
+from compress.corpora import BUILTIN_DATASETS, DEFAULT_DATASET
 from slimscout.commands._common import note, print_result
 
 if TYPE_CHECKING:
@@ -16,7 +17,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("evaluate", help="measure perplexity, KL to dense, parameters and bytes")
     parser.add_argument("--model", required=True, help="catalog id, local directory, or hub id")
     parser.add_argument("--config", help="config document (slimscout.config/v1 JSON); default: dense")
-    parser.add_argument("--dataset", default="lee-news", help="lee-news, a .txt/.jsonl file, or hf:NAME")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET,
+                        help=f"{', '.join(BUILTIN_DATASETS)}, a .txt/.jsonl file, or hf:NAME")
     parser.add_argument("--split", default="search", choices=["calibration", "search", "holdout"])
     parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens (default 2048)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")

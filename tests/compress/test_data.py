@@ -15,6 +15,20 @@ def test_lee_news_is_the_real_corpus() -> None:
     assert sum(len(doc.split()) for doc in docs) > 50_000
 
 
+def test_enwiki_is_encyclopedia_prose_without_markup() -> None:
+    docs = load_documents("enwiki")
+    assert len(docs) == 100
+    assert all(len(doc) >= 2000 for doc in docs)
+    assert sum(len(doc.split()) for doc in docs) > 400_000
+    text = "\n".join(docs)
+    for markup in ("[[", "]]", "{{", "\'\'\'", "==", "<ref", "#REDIRECT"):
+        assert markup not in text, markup
+    assert docs[1].startswith("Autism is a neurodevelopmental disorder")
+    parts = [split_documents("enwiki", split) for split in SPLITS]
+    assert [len(p) for p in parts] == [20, 40, 40]
+    assert not set(parts[0]) & set(docs[20:])  # no calibration article among search and holdout
+
+
 def test_splits_are_disjoint_cover_everything_and_are_stable() -> None:
     parts = {split: split_documents("lee-news", split) for split in SPLITS}
     assert sum(len(p) for p in parts.values()) == 300
