@@ -26,6 +26,7 @@ import torch
 
 from bench.reconstruction_leveldb import record_row
 from compress.config import load_config
+from compress.corpora import DEFAULT_DATASET
 from compress.ops import default_group_size, fake_quant, gptq, sparsegpt
 from compress.session import ModelSession
 
@@ -62,17 +63,19 @@ def _measure_weights(session: ModelSession, evaluator: Any, make: Make) -> dict[
 
 
 def quality(
-    out: Path, rows: set[str] | None, calibration_tokens: int | None = None, percdamp: float = 0.01
+    out: Path, rows: set[str] | None, calibration_tokens: int | None = None, percdamp: float = 0.01,
+    dataset: str = DEFAULT_DATASET,
 ) -> None:
-    """Measure every row (or only the rows named in ``rows``).
+    """Measure every row (or only the rows named in ``rows``) on ``dataset``'s holdout split.
 
-    A non-default calibration size or damping is appended to the row names (``-calib13996``, ``-damp0.1``).
+    A non-default calibration size, damping or evaluation corpus is appended to the row names
+    (``-calib13996``, ``-damp0.1``, ``-enwiki``). Calibration is always the default corpus's.
     """
     calibration = {"calibration_tokens": calibration_tokens} if calibration_tokens else {}
     session = ModelSession.open(MODEL, **calibration)
     suffix = (f"-calib{calibration_tokens}" if calibration_tokens else "") + (
-        f"-damp{percdamp}" if percdamp != 0.01 else "")
-    evaluator = session.evaluator(split="holdout", tokens=4096)
+        f"-damp{percdamp}" if percdamp != 0.01 else "") + (f"-{dataset}" if dataset != DEFAULT_DATASET else "")
+    evaluator = session.evaluator(dataset=dataset, split="holdout", tokens=4096)
     session.stats()
 
     def wanted(name: str) -> bool:
@@ -85,14 +88,14 @@ def quality(
 
     if wanted("dense"):
         dense = evaluator.dense_metrics()
-        record_row(out, {"name": "dense", "ppl": dense.ppl, "kl": 0.0})
+        record_row(out, {"name": "dense" + suffix, "ppl": dense.ppl, "kl": 0.0})
     for keep in KEEPS:
         config = load_config(_wanda_config_path(keep))
         ratios = {name: cfg.sparsity.ratio for name, cfg in config.layers.items() if cfg.sparsity}
         if wanted(f"wanda-{keep}"):
             with session.applied(config):
                 m = evaluator.evaluate()
-            record_row(out, {"name": f"wanda-{keep}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
+            record_row(out, {"name": f"wanda-{keep}{suffix}", "keep": keep, "ppl": m.ppl, "kl": m.kl})
         measure(f"sparsegpt-{keep}",
                 lambda n, w, h, r=ratios: sparsegpt(w, h, sparsity=r[n], percdamp=percdamp), keep=keep)
     for bits in (4, 3):
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("suite", choices=("quality", "leveldb"))
     parser.add_argument("--calibration-tokens", type=int, default=None, help="quality: calibration size")
     parser.add_argument("--percdamp", type=float, default=0.01, help="quality: Hessian damping of SparseGPT/GPTQ")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="quality: the holdout corpus (calibration stays "
+                                                                   "the default's)")
     parser.add_argument("--out", type=Path, default=None, help="results file (default <suite>.json)")
     parser.add_argument("--rows", help="quality: only these comma-separated row names (e.g. rtn-int3-g64)")
     args = parser.parse_args()
@@ -125,7 +130,8 @@ def main() -> None:
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
     out = args.out or RESULTS / f"{args.suite}.json"
     if args.suite == "quality":
-        quality(out, set(args.rows.split(",")) if args.rows else None, args.calibration_tokens, args.percdamp)
+        quality(out, set(args.rows.split(",")) if args.rows else None, args.calibration_tokens, args.percdamp,
+                args.dataset)
     else:
         from bench.reconstruction_leveldb import leveldb_bench
 

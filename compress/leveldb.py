@@ -364,7 +364,9 @@ class LevelDatabase:
     def apply(self, target: Any, levels: Mapping[str, int]) -> float:
         """Write ``levels`` into a ModelSession (other layers restored dense) or an nn.Module; returns seconds.
 
-        A session must be of the model and calibration set the database was built from.
+        A session must be of the model and calibration set the database was built from. In a session,
+        only the layers whose level changed since the last apply are read and written (a search's next
+        trial differs from the last in a few layers).
         """
         start = time.perf_counter()
         for name in levels:
@@ -377,13 +379,9 @@ class LevelDatabase:
             return time.perf_counter() - start
         self._check_identity(self.manifest, _identity(target), self.directory)
         target.restore(keep=set(levels))
-        with torch.no_grad():
-            for name, level in levels.items():
-                target.modules[name].weight.copy_(self._stored_weight(name, level))
-                # ModelSession has no public "weight written from outside" hook yet: mark the layer
-                # applied so restore()/dense() put the dense weight back.
-                target._pruned.pop(name, None)
-                target._applied.add(name)
+        source = str(self.directory.resolve())
+        for name, level in levels.items():  # a layer already at its level is not read again
+            target.write(name, ("leveldb", source, level), lambda n=name, lv=level: self._stored_weight(n, lv))
         return time.perf_counter() - start
 
     def disk_bytes(self) -> int:

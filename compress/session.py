@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,9 @@ class ModelSession:
         self._applied: set[str] = set()
         # Layers holding unstructured sparsity written from the ranks: (score, weights pruned per row).
         self._pruned: dict[str, tuple[str, int]] = {}
+        # What each applied layer holds (its LayerConfig, or a writer's tag): asked for the same again, a
+        # layer is not rewritten, so a trial that changes a few layers pays for those only.
+        self._holds: dict[str, Hashable] = {}
         self._orders: dict[str, dict[str, torch.Tensor]] = {}
         self._handler_caches: dict[str, dict[str, object]] = {}
         self.timings = CacheTimings()
@@ -297,12 +300,34 @@ class ModelSession:
         self.restore(keep=set(config.layers))  # the others are overwritten below anyway
         with torch.no_grad():
             for name, cfg in config.layers.items():
+                if self.holds(name, cfg):
+                    continue
                 weight = self.modules[name].weight
                 if not self._write_masked(weight, name, cfg):
                     self._pruned.pop(name, None)
                     weight.copy_(self.compressed_weight(name, cfg))
                 self._applied.add(name)
+                self._holds[name] = cfg
         return time.perf_counter() - start
+
+    def holds(self, name: str, tag: Hashable) -> bool:
+        """Whether layer ``name`` holds what ``tag`` stands for (written by ``apply`` or ``write``)."""
+        return name in self._applied and self._holds.get(name) == tag
+
+    def write(self, name: str, tag: Hashable, weight: Callable[[], torch.Tensor]) -> bool:
+        """Write ``weight()`` into layer ``name`` unless it already holds ``tag``; whether it wrote.
+
+        For weights made outside the operators (a level database's stored levels): ``tag`` must stand
+        for the weight exactly, and ``restore()`` puts the dense weight back as for an applied config.
+        """
+        if self.holds(name, tag):
+            return False
+        with torch.no_grad():
+            self.modules[name].weight.copy_(weight())
+        self._pruned.pop(name, None)
+        self._applied.add(name)
+        self._holds[name] = tag
+        return True
 
     def _write_masked(self, out: torch.Tensor, name: str, cfg: LayerConfig) -> bool:
         """Unstructured sparsity alone: write it into ``out`` from the cached ranks; False if not that case.
@@ -354,6 +379,7 @@ class ModelSession:
             for name in self._applied - (keep or set()):
                 self.modules[name].weight.copy_(self._dense[name])
                 self._pruned.pop(name, None)
+                self._holds.pop(name, None)
         self._applied &= keep or set()
 
     @contextmanager
@@ -376,7 +402,7 @@ class ModelSession:
     def dense(self) -> Iterator[None]:
         """Run with dense weights; whatever was applied is put back afterwards."""
         applied = {name: self.modules[name].weight.detach().clone() for name in self._applied}
-        pruned = dict(self._pruned)
+        pruned, holds = dict(self._pruned), dict(self._holds)
         self.restore()
         try:
             yield
@@ -386,6 +412,7 @@ class ModelSession:
                     self.modules[name].weight.copy_(weight)
                     self._applied.add(name)
             self._pruned.update(pruned)
+            self._holds.update(holds)
 
     # -- measuring ---------------------------------------------------------------------------
     def evaluator(self, *, dataset: str = DEFAULT_DATASET, split: Split = "search", tokens: int = 2048) -> Evaluator:

@@ -9,6 +9,7 @@ import torch
 
 from common.errors import ConfigError
 from compress.catalog import load_model
+from compress.config import CompressionConfig, LayerConfig, SparsitySpec
 from compress.leveldb import (
     BitsGrid,
     CorruptLevelDatabaseError,
@@ -142,3 +143,31 @@ def test_sixteen_bits_only_where_exact() -> None:
     assert narrowest_exact(torch.tensor([1.0 + 2**-10])).dtype == torch.float16
     assert narrowest_exact(torch.tensor([1.0 + 2**-20])).dtype == torch.float32
     assert narrowest_exact(torch.tensor([3], dtype=torch.uint8)).dtype == torch.uint8
+
+
+def test_applying_reads_only_the_layers_whose_level_changed(session: ModelSession, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    db = LevelDatabase.build(session, "sparsegpt", GRID)
+    names = [layer.name for layer in session.layers]
+    read: list[str] = []
+    stored_weight = db._stored_weight
+
+    def counting(name: str, level: int) -> torch.Tensor:
+        read.append(name)
+        return stored_weight(name, level)
+
+    monkeypatch.setattr(db, "_stored_weight", counting)
+    levels = dict.fromkeys(names, 0)
+    db.apply(session, levels)
+    assert sorted(read) == sorted(names)
+    read.clear()
+    swapped = {**levels, names[0]: 1, names[-1]: -1}
+    db.apply(session, swapped)
+    assert sorted(read) == sorted([names[0], names[-1]])
+    for name, level in swapped.items():
+        assert torch.equal(session.modules[name].weight, db.weight(name, level)), name
+    # Another writer's config on a layer: the next database apply writes that layer again.
+    read.clear()
+    session.apply(CompressionConfig("tiny-llama", {names[2]: LayerConfig(sparsity=SparsitySpec(0.5, "wanda"))}))
+    db.apply(session, swapped)
+    assert sorted(read) == sorted(names)  # apply() restored every other layer to dense
+    assert torch.equal(session.modules[names[2]].weight, db.weight(names[2], 0))

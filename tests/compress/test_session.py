@@ -160,3 +160,34 @@ def test_owl_gives_outlier_rich_blocks_more(session: ModelSession) -> None:
     # keep is an increasing function of the outlier ratio, block by block
     by_ratio = sorted(ratios, key=ratios.__getitem__)
     assert [block_keep[b] for b in by_ratio] == sorted(block_keep[b] for b in by_ratio)
+
+
+def test_a_layer_asked_for_what_it_holds_is_not_rewritten(session: ModelSession, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    names = [layer.name for layer in session.layers]
+    computed: list[str] = []
+    compressed_weight = session.compressed_weight
+
+    def counting(name: str, cfg: LayerConfig) -> torch.Tensor:
+        computed.append(name)
+        return compressed_weight(name, cfg)
+
+    monkeypatch.setattr(session, "compressed_weight", counting)
+    rank = {n: LayerConfig(lowrank=LowRankSpec(4, "svd")) for n in names[:3]}
+    session.apply(CompressionConfig("tiny-llama", rank))
+    assert computed == names[:3]
+    computed.clear()
+    changed = {**rank, names[1]: LayerConfig(lowrank=LowRankSpec(2, "svd"))}
+    session.apply(CompressionConfig("tiny-llama", changed))
+    assert computed == [names[1]]
+    computed.clear()
+    with session.dense():  # what dense() puts back is still known to be held
+        pass
+    session.apply(CompressionConfig("tiny-llama", changed))
+    assert computed == []
+    fresh = ModelSession(load_model("tiny-llama"), cache_dir=session.cache_dir, calibration_tokens=512)
+    fresh.apply(CompressionConfig("tiny-llama", changed))
+    for name in names:
+        assert torch.equal(session.modules[name].weight, fresh.modules[name].weight), name
+    session.restore(keep={names[0]})  # restored layers hold nothing: asking again writes them
+    session.apply(CompressionConfig("tiny-llama", changed))
+    assert computed == names[1:3]
