@@ -39,6 +39,17 @@ def _random_levels(db: LevelDatabase, names: list[str], rng: random.Random, swap
     return levels
 
 
+def _mutation(db: LevelDatabase, levels: dict[str, int], rng: random.Random) -> dict[str, int]:
+    """EvoPress's offspring: min(U{1,3}, U{1,3}) layers one level up and as many one level down."""
+    child = dict(levels)
+    for _ in range(min(rng.randint(1, 3), rng.randint(1, 3))):
+        up = rng.choice([n for n in child if child[n] + 1 in db.levels(n)])
+        down = rng.choice([n for n in child if n != up and child[n] - 1 in db.levels(n)])
+        child[up] += 1
+        child[down] -= 1
+    return child
+
+
 def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, grid: LevelGrid) -> None:
     name = f"leveldb-{operator}-{grid.spec()}"
     start = time.perf_counter()
@@ -64,6 +75,14 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
         levels = _random_levels(db, names, rng) if operator == "sparsegpt" else {
             n: rng.choice(db.levels(n)) for n in names}
         times.append(db.apply(session, levels))
+    # A search's trials: each an offspring of the last (only the moved layers are read and written).
+    offspring_times = []
+    if operator == "sparsegpt":
+        levels = zero
+        db.apply(session, levels)
+        for _ in range(TRIALS):
+            levels = _mutation(db, levels, rng)
+            offspring_times.append(db.apply(session, levels))
     session.restore()
     stats = session.stats()
     probe = names[0]
@@ -84,6 +103,8 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
         "disk_bytes": db.disk_bytes(), "disk_MiB": db.disk_bytes() / 2**20,
         "first_apply_s": first_apply_s, "apply_s_median": statistics.median(times),
         "apply_s_min": min(times), "apply_s_max": max(times), "trials": TRIALS,
+        "offspring_apply_s_median": statistics.median(offspring_times) if offspring_times else None,
+        "offspring_apply_s_max": max(offspring_times) if offspring_times else None,
         "holdout_ppl_level0": ppl_level0, "bit_identical_probe": identical,
         "torch_threads": torch.get_num_threads(), "loadavg_end": os.getloadavg(),
     })
