@@ -2,12 +2,14 @@
 # Uniform and sensitivity baselines with the sparsegpt operator against Wanda on smollm2-135m, measured on
 # 4,096 holdout tokens (the same evaluation as every quality row in BENCHMARKS.md).
 #   bash bench/sparsegpt.sh            → bench/results/sparsegpt/<method>-<operator>-<budget>.{config,holdout}.json
+#   RUNS="sensitivity sparsegpt 0.3,uniform wanda 0.3" bash bench/sparsegpt.sh   (runs separated by commas)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=bench/results/sparsegpt
 mkdir -p "$OUT"
-for spec in ${RUNS:-"uniform sparsegpt 0.4" "uniform sparsegpt 0.5" "uniform sparsegpt 0.3" "sensitivity sparsegpt 0.4" "sensitivity wanda 0.4"}; do
+IFS=, read -r -a runs <<< "${RUNS:-uniform sparsegpt 0.4,uniform sparsegpt 0.5,uniform sparsegpt 0.3,sensitivity sparsegpt 0.4,sensitivity wanda 0.4}"
+for spec in "${runs[@]}"; do
   set -- $spec
   name="$1-$2-$3"
   [ -f "$OUT/$name.holdout.json" ] && continue
