@@ -68,8 +68,8 @@ def test_a_spec_through_the_cli_and_through_the_api_stores_the_same_json(client:
     argv = ["--model", "tiny-llama", "--budget", "0.4", "--operators", "svd-whitened,wanda,int8",
             "--granularity", "layer", "--trials", "12", "--tokens", "64", "--holdout-tokens", "256",
             "--sensitivity-tokens", "128", "--objective", "ppl", "--strategy", "random", "--baselines",
-            "uniform,owl", "--no-prune", "--warm-start", "--dataset", "lee-news", "--seed", "7", "--recover-steps", "30",
-            "--recover-trial-steps", "3"]
+            "uniform,owl", "--no-prune", "--warm-start", "--dataset", "lee-news", "--seed", "7",
+            "--recover-steps", "30", "--recover-trial-steps", "3"]
     cli_url = f"sqlite:///{tmp_path / 'cli.db'}"
     cli_study = create_study(cli_url, "cli", spec_of(_cli_search().parse_args(argv)))  # what run_search stores
     body = {"model_id": "tiny-llama", "budget": 0.4, "operators": ["svd-whitened", "wanda", "int8"],
