@@ -52,6 +52,10 @@ from storage.retry import Backoff, describe, retry_db
 log = logging.getLogger(__name__)
 
 
+class RecoveryCancelled(Exception):
+    """The study was cancelled while its winner was being recovered."""
+
+
 def spec_of(row: Study) -> StudySpec:
     """The spec the study's row stores."""
     return StudySpec.from_dict(row.spec)
@@ -151,8 +155,9 @@ class ServiceWorker:
         running with its winner, holdout numbers and downloads in place, and the next worker to
         complete it resumes the recovery from its last checkpoint.
         """
-        with RecoveryLock(self.artifacts(row) / "recover.lock") as lock:
-            if spec.recover_steps is not None and not lock.acquired:
+        lock = RecoveryLock(self.artifacts(row) / "recover.lock") if spec.recover_steps is not None else None
+        with lock or contextlib.nullcontext():
+            if lock is not None and not lock.acquired:
                 return False
             summary = finalize(study, spec, self.bench)
             best = best_trial(study)
@@ -194,12 +199,9 @@ class ServiceWorker:
         from compress.export import MANIFEST_NAME
         from compress.weight_files import files_bytes
 
-        class Cancelled(Exception):
-            pass
-
         def on_progress(record: dict[str, Any]) -> None:
             if self.status(row.id) is not StudyStatus.RUNNING:
-                raise Cancelled
+                raise RecoveryCancelled
             self.publish(row, {**summary, "recovery": record})
 
         out = self.artifacts(row) / "recovered"
@@ -207,7 +209,7 @@ class ServiceWorker:
         try:
             summary["recovery"] = recover_winner(spec, self.bench, config_from_dict(config_doc), out,
                                                  holdout_before=before, on_progress=on_progress)
-        except Cancelled:
+        except RecoveryCancelled:
             log.info("study %s: cancelled during the recovery of its winner", row.id)
             return False
         except (SlimscoutError, ValueError) as exc:
