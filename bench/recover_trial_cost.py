@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from compress.baselines import build_baseline
-from compress.recover import RecoverSettings, distil
+from compress.recover import RecoverSettings, distil, peak_rss_mb
 from compress.session import ModelSession
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
               "loadavg": Path("/proc/loadavg").read_text().split()[:3],
               "plain": {"kl": plain.kl, "ppl": plain.ppl, **plain_cost},
               "distil": distil_cost, "recovered_eval": again_cost,
-              "recovered": {"kl": recovered.kl, "ppl": recovered.ppl}}
+              "recovered": {"kl": recovered.kl, "ppl": recovered.ppl}, "peak_rss_mb": peak_rss_mb()}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
