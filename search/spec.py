@@ -99,7 +99,7 @@ class StudySpec(BaseModel):
         "write the winner's checkpoint in this layout when the study completes (downloaded from "
         "/v1/studies/{id}/checkpoint); compressed-tensors stores what it cannot pack (low rank, SDQ "
         "outliers) as dense matrices. None: the config document only"))] = None
-    recover_steps: Annotated[int | None, Field(ge=1, description=(
+    recover_steps: Annotated[int | None, Field(ge=1, le=10_000, description=(
         "recover the winner after the search: distil the dense model into it for this many steps "
         "(compress.recover; masks, ranks and quantisation grids kept), measure it on holdout (the summary's "
         "recovery.holdout_before / holdout_after) and keep it as the study's recovered checkpoint "
