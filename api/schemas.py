@@ -79,6 +79,8 @@ class StudyDetail(StudyPublic):
     holdout: dict[str, Any] | None
     summary: dict[str, Any] = Field(description="the rest of the summary workers wrote")
     has_checkpoint: bool
+    has_recovered_checkpoint: bool = Field(default=False, description="spec.recover_steps: the recovered winner "
+                                           "downloads from /v1/studies/{id}/recovered-checkpoint")
 
 
 class TrialPublic(BaseModel):

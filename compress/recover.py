@@ -440,6 +440,16 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
                          stopped_early=stopped_early, history=run.history)
 
 
+def distil(session: ModelSession, config: CompressionConfig, settings: RecoverSettings) -> nn.Module:
+    """``config``'s student trained for ``settings.steps`` steps, in memory: no evaluation, checkpoint
+    or export (the search's recovery-aware objective distils every surviving candidate briefly)."""
+    run = _Run(session, config, settings)
+    while run.step < settings.steps:
+        run.train_step()
+    run.student.requires_grad_(False)
+    return run.student
+
+
 def _report(callback: Callable[[Progress], None] | None, progress: Progress) -> None:
     if callback is not None:
         callback(progress)

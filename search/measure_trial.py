@@ -20,11 +20,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from compress.config import config_from_dict
+from compress.config import CompressionConfig, config_from_dict
+from compress.measure import Evaluator
 from search.context import Workbench
 from search.liveness import Heartbeat
 from search.optuna_adapter import rdb_of, trial_id, trial_state
-from search.spec import StudySpec
+from search.spec import RECOVERED_OBJECTIVES, StudySpec
 from storage.retry import is_transient, retry_db
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,19 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
     }
     state = TrialState.COMPLETE
     metrics = None
+    streamed = RECOVERED_OBJECTIVES.get(spec.objective, spec.objective)
     with session.applied(config, restore_after=False) as apply_s:  # the next trial overwrites it
         for step, metrics in enumerate(evaluator.stream()):
-            score = metrics.score(spec.objective)
+            score = metrics.score(streamed)
             retry_db(lambda: trial.report(score, step), what=f"reporting trial {trial.number}")  # noqa: B023
             # Seeds and screened candidates are already the promising few: measure them fully.
             if source.startswith("sampler") and retry_db(trial.should_prune, what=f"pruning trial {trial.number}"):
                 state = TrialState.PRUNED
                 break
     assert metrics is not None
+    value = metrics.score(streamed)
+    if state == TrialState.COMPLETE and spec.objective in RECOVERED_OBJECTIVES:
+        value, attrs["recovered"] = measure_recovered(spec, bench, config, evaluator)
     attrs |= {
         "ppl": metrics.ppl,
         "kl": metrics.kl,
@@ -101,7 +106,27 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
     retry_db(record, what=f"recording trial {trial.number}")
     if state == TrialState.PRUNED:
         return tell_once(study, trial, TrialState.PRUNED)
-    return tell_once(study, trial, TrialState.COMPLETE, metrics.score(spec.objective))
+    return tell_once(study, trial, TrialState.COMPLETE, value)
+
+
+def measure_recovered(spec: StudySpec, bench: Workbench, config: CompressionConfig,
+                      evaluator: Evaluator) -> tuple[float, dict[str, Any]]:
+    """The recovery-aware objective: ``config`` distilled for ``spec.recover_trial_steps`` steps
+    (``compress.recover.distil``), then measured on the trial's own tokens; (value, what to record).
+
+    Cost: ``recover_trial_steps`` × (teacher forward + student forward and backward) on 512 calibration
+    tokens, plus one more forward pass over the ``eval_tokens``; the trial's plain measurement comes first.
+    """
+    from compress.recover import RecoverSettings, distil
+
+    started = time.perf_counter()
+    settings = RecoverSettings(steps=spec.recover_trial_steps, dataset=spec.dataset, seed=spec.seed)
+    student = distil(bench.session(spec.model_id), config, settings)
+    metrics = evaluator.evaluate(student)
+    plain = RECOVERED_OBJECTIVES[spec.objective]
+    value = metrics.score(plain)
+    return value, {"steps": settings.steps, plain: value, "ppl": metrics.ppl,
+                   "seconds": time.perf_counter() - started}
 
 
 def tell_once(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> TrialState:

@@ -7,13 +7,16 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from common.settings import get_settings
 from compress.config import CompressionConfig, config_from_dict
 from search import worker_process
 from search.context import Workbench
 from search.optuna_adapter import SUMMARY_ATTR
 from search.optuna_adapter import storage_url as normalize_url
+from search.recover_winner import recover_winner
 from search.setup import finalize, seed_study
 from search.spec import StudySpec
 from search.strategy_registry import Proposer
@@ -52,7 +55,12 @@ def run_search(
     guide: Proposer | None = None,
     on_status: Callable[[str], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    recover_out: Path | None = None,
+    on_recovery: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the study ``spec`` asks for; its summary. With ``spec.recover_steps`` the winner is then
+    recovered into ``recover_out`` (default: the cache's ``artifacts/<study_name>/recovered``), which
+    resumes a recovery a killed run left there; ``on_recovery`` sees its progress."""
     started = time.perf_counter()
     url = normalize_url(storage_url)
     bench = bench or Workbench()
@@ -82,10 +90,19 @@ def run_search(
     summary = finalize(study, spec, bench)
     study.set_user_attr(SUMMARY_ATTR, summary)  # a CLI study has no row: its summary is kept with the study
     best = best_trial(study)
-    summary["seconds"] = time.perf_counter() - started
     summary["n_trials"] = spec.n_trials
     summary["study"] = study_name
     summary["best_config"] = best.user_attrs["config"] if best else None
+    if best is not None and spec.recover_steps is not None:
+        if on_status:
+            on_status(f"recovering the winner ({spec.recover_steps} steps)")
+        out = recover_out or get_settings().cache_dir / "artifacts" / study_name / "recovered"
+        summary["recovery"] = recover_winner(spec, bench, config_from_dict(best.user_attrs["config"]), out,
+                                             holdout_before=summary["holdout"].get("best"),
+                                             on_progress=on_recovery or (lambda _: None))
+        summary["recovery"]["out"] = str(out)
+        study.set_user_attr(SUMMARY_ATTR, {k: v for k, v in summary.items() if k != "best_config"})
+    summary["seconds"] = time.perf_counter() - started
     return summary
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -25,6 +26,7 @@ from common.settings import get_settings
 from search.context import Workbench
 from search.liveness import BackgroundThread, Reaper, grace_period_s
 from search.measure_trial import worker_id
+from search.recover_winner import RecoveryLock, recover_winner
 from search.setup import finalize, seed_study, summarize
 from search.spec import StudySpec
 from search.study import best_trial, counts, create_study, is_set_up, load_study
@@ -48,6 +50,10 @@ from storage.models import Study, StudyStatus
 from storage.retry import Backoff, describe, retry_db
 
 log = logging.getLogger(__name__)
+
+
+class RecoveryCancelled(Exception):
+    """The study was cancelled while its winner was being recovered."""
 
 
 def spec_of(row: Study) -> StudySpec:
@@ -141,29 +147,83 @@ class ServiceWorker:
         if now.finished >= spec.n_trials and now.running == 0 and self.status(row.id) is StudyStatus.RUNNING:
             self.complete(row, study, spec)
 
-    def complete(self, row: Study, study: Any, spec: StudySpec) -> None:
-        summary = finalize(study, spec, self.bench)
-        best = best_trial(study)
+    def complete(self, row: Study, study: Any, spec: StudySpec) -> bool:
+        """Claim on holdout, store the winner (and its export), recover it if asked, complete the study.
+
+        False when another worker is recovering the study's winner (it completes the study). The
+        results are committed before a recovery starts: a worker killed during one leaves the study
+        running with its winner, holdout numbers and downloads in place, and the next worker to
+        complete it resumes the recovery from its last checkpoint.
+        """
+        lock = RecoveryLock(self.artifacts(row) / "recover.lock") if spec.recover_steps is not None else None
+        with lock or contextlib.nullcontext():
+            if lock is not None and not lock.acquired:
+                return False
+            summary = finalize(study, spec, self.bench)
+            best = best_trial(study)
+            with session_scope(self.engine) as session:
+                update_summary(session, study_id=row.id, summary=summary)
+                if best is not None:
+                    path = self.artifacts(row) / "best-config.json"
+                    data = json.dumps(best.user_attrs["config"], indent=2).encode()
+                    path.write_bytes(data)
+                    add_artifact(
+                        session,
+                        study_id=row.id,
+                        kind="config",
+                        path=str(path),
+                        size_bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                    )
+                    if spec.export_format is not None:
+                        self.export_checkpoint(session, row, spec, spec.export_format, best.user_attrs["config"],
+                                               summary)
+            if (best is not None and spec.recover_steps is not None
+                    and not self.recover(row, spec, best.user_attrs["config"], summary)):
+                return True  # cancelled meanwhile
+            with session_scope(self.engine) as session, contextlib.suppress(IllegalTransitionError):
+                set_status(session, study_id=row.id, status=StudyStatus.COMPLETED)  # unless cancelled meanwhile
+        return True
+
+    def artifacts(self, row: Study) -> Path:
+        path = get_settings().cache_dir / "artifacts" / row.id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def recover(self, row: Study, spec: StudySpec, config_doc: dict[str, Any], summary: dict[str, Any]) -> bool:
+        """Recover the winner (``search.recover_winner``), publishing progress into the summary's ``recovery``;
+        the recovered model becomes the study's ``recovered-checkpoint`` artifact. False if the study was
+        cancelled meanwhile (the recovery stops at its next step); a recovery that fails on the config or
+        the data is recorded as failed, and the study completes with its search result."""
+        from compress.config import config_from_dict
+        from compress.export import MANIFEST_NAME
+        from compress.weight_files import files_bytes
+
+        def on_progress(record: dict[str, Any]) -> None:
+            if self.status(row.id) is not StudyStatus.RUNNING:
+                raise RecoveryCancelled
+            self.publish(row, {**summary, "recovery": record})
+
+        out = self.artifacts(row) / "recovered"
+        before = summary.get("holdout", {}).get("best")
+        try:
+            summary["recovery"] = recover_winner(spec, self.bench, config_from_dict(config_doc), out,
+                                                 holdout_before=before, on_progress=on_progress)
+        except RecoveryCancelled:
+            log.info("study %s: cancelled during the recovery of its winner", row.id)
+            return False
+        except (SlimscoutError, ValueError) as exc:
+            log.error("study %s: recovering the winner failed: %s", row.id, exc)
+            summary["recovery"] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
+                                   "holdout_before": before}
+            self.publish(row, summary)
+            return True
         with session_scope(self.engine) as session:
             update_summary(session, study_id=row.id, summary=summary)
-            if best is not None:
-                path = get_settings().cache_dir / "artifacts" / row.id / "best-config.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                data = json.dumps(best.user_attrs["config"], indent=2).encode()
-                path.write_bytes(data)
-                add_artifact(
-                    session,
-                    study_id=row.id,
-                    kind="config",
-                    path=str(path),
-                    size_bytes=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                )
-                if spec.export_format is not None:
-                    self.export_checkpoint(session, row, spec, spec.export_format, best.user_attrs["config"],
-                                           summary)
-            with contextlib.suppress(IllegalTransitionError):  # completed elsewhere, or cancelled, meanwhile
-                set_status(session, study_id=row.id, status=StudyStatus.COMPLETED)
+            manifest = (out / MANIFEST_NAME).read_bytes()
+            add_artifact(session, study_id=row.id, kind="recovered-checkpoint", path=str(out),
+                         size_bytes=files_bytes(out), sha256=hashlib.sha256(manifest).hexdigest())
+        return True
 
     def export_checkpoint(self, session: Any, row: Study, spec: StudySpec, export_format: str,
                           config_doc: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -176,7 +236,7 @@ class ServiceWorker:
         best_ppl, dense_ppl = holdout.get("best", {}).get("ppl"), holdout.get("dense", {}).get("ppl")
         measurement = (CardMeasurement(spec.dataset, "holdout", int(holdout["tokens"]), best_ppl, dense_ppl)
                        if best_ppl is not None and dense_ppl is not None else None)
-        out = get_settings().cache_dir / "artifacts" / row.id / "checkpoint"
+        out = self.artifacts(row) / "checkpoint"
         result = export_compressed(self.bench.session(spec.model_id), config_from_dict(config_doc), out,
                                    force=True, merge=export_format == "compressed-tensors",
                                    export_format=export_format, measurement=measurement,
@@ -224,8 +284,9 @@ class ServiceWorker:
             self.reap(study)
             now = counts(study)
             if now.finished >= spec.n_trials and now.running == 0:
-                self.complete(row, study, spec)
-                return True
+                if self.complete(row, study, spec):
+                    return True
+                continue  # another worker is recovering its winner
             if now.finished + now.running < spec.n_trials or now.waiting:
                 try:
                     self.work(row)

@@ -27,9 +27,15 @@ from search.strategy_registry import STRATEGY_NAMES
 
 GRANULARITIES: tuple[str, ...] = ("uniform", "type", "block", "type-block", "layer")
 DEFAULT_GRANULARITY = "type-block"
-OBJECTIVES: tuple[str, ...] = ("ppl", "kl", "cosine")  # cosine: 1 - cosine to the dense embeddings (encoders)
-#: Objectives that make sense per model kind (a causal LM has no sentence embedding to compare).
-KIND_OBJECTIVES: dict[str, tuple[str, ...]] = {"causal-lm": ("ppl", "kl"), "encoder": OBJECTIVES}
+# cosine: 1 - cosine to the dense embeddings (encoders); kl-recovered: KL after a short distillation.
+OBJECTIVES: tuple[str, ...] = ("ppl", "kl", "cosine", "kl-recovered")
+#: Objectives that make sense per model kind (a causal LM has no sentence embedding to compare; an
+#: encoder's recovery distils embeddings, not next-token distributions).
+KIND_OBJECTIVES: dict[str, tuple[str, ...]] = {"causal-lm": ("ppl", "kl", "kl-recovered"),
+                                               "encoder": ("ppl", "kl", "cosine")}
+#: Objectives measured after distilling each candidate briefly -> the plain metric streamed (and pruned
+#: on) before the distillation, so that a candidate that trails on it never pays for the distillation.
+RECOVERED_OBJECTIVES: dict[str, str] = {"kl-recovered": "kl"}
 #: ``hf:NAME[/SUB][:CONFIG]``; no component may be only dots (``hf:a/..`` names no data set).
 HUB_DATASET = re.compile(r"^hf:(?!\.+(?:[/:]|$))[A-Za-z0-9][\w.\-]*(/(?!\.+(?:[:]|$))[\w.\-]+)?(:(?!\.+$)[\w.\-]+)?$")
 MAX_SEED = 2**31 - 1
@@ -71,8 +77,11 @@ class StudySpec(BaseModel):
     granularity: Granularity = DEFAULT_GRANULARITY
     n_trials: Annotated[int, Field(ge=1, description="real evaluations, baselines included")] = 100
     eval_tokens: Annotated[int, Field(ge=2, description="tokens per evaluation")] = 2048
-    objective: Annotated[Objective, Field(description="kl or ppl for causal LMs; cosine (1 - cosine to the "
-                                                      "dense embeddings) for encoders")] = "kl"
+    objective: Annotated[Objective, Field(description=(
+        "kl or ppl for causal LMs; cosine (1 - cosine to the dense embeddings) for encoders; kl-recovered "
+        "(causal LMs): KL after distilling the candidate for recover_trial_steps steps, for users who will "
+        "recover the winner (plain KL is measured first, chunk by chunk, and a candidate pruned on it never "
+        "pays for the distillation)"))] = "kl"
     dataset: Annotated[str, Field(min_length=1, max_length=256)] = "lee-news"
     split: Annotated[str, Field(pattern=r"^[a-z]+$", max_length=64)] = "search"
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
@@ -90,6 +99,14 @@ class StudySpec(BaseModel):
         "write the winner's checkpoint in this layout when the study completes (downloaded from "
         "/v1/studies/{id}/checkpoint); compressed-tensors stores what it cannot pack (low rank, SDQ "
         "outliers) as dense matrices. None: the config document only"))] = None
+    recover_steps: Annotated[int | None, Field(ge=1, le=10_000, description=(
+        "recover the winner after the search: distil the dense model into it for this many steps "
+        "(compress.recover; masks, ranks and quantisation grids kept), measure it on holdout (the summary's "
+        "recovery.holdout_before / holdout_after) and keep it as the study's recovered checkpoint "
+        "(/v1/studies/{id}/recovered-checkpoint). None: no recovery"))] = None
+    recover_trial_steps: Annotated[int, Field(ge=1, le=1000, description=(
+        "objective kl-recovered only: distillation steps (512 calibration tokens each) per candidate "
+        "before its KL is measured"))] = 8
     trust_remote_code: Annotated[bool, Field(description=(
         "the model needs its own Python code; refused unless the operator set SLIMSCOUT_TRUST_REMOTE_CODE "
         "(the workers' setting decides, not this field)"))] = False

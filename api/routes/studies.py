@@ -135,6 +135,7 @@ def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDe
         holdout=summary.get("holdout") if isinstance(summary.get("holdout"), dict) else None,
         summary=study_view.summary_rest(study),
         has_checkpoint=get_artifact(session, study_id=study.id, kind="checkpoint") is not None,
+        has_recovered_checkpoint=get_artifact(session, study_id=study.id, kind="recovered-checkpoint") is not None,
     )
 
 
@@ -192,21 +193,35 @@ def layer_profile(study_id: str, session: SessionDep, owner: OwnerDep, optuna: O
     return study_view.layer_profile(trial_number, config)
 
 
-@router.get("/{study_id}/checkpoint", response_model=None,
-            responses={200: {"content": {"application/x-tar": {}}},
-                       404: {"model": Message, "description": "no such study, or no checkpoint"}})
-def checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
-    """The exported checkpoint as a tar archive, streamed."""
-    study = _owned(session, study_id, owner)
-    artifact = get_artifact(session, study_id=study.id, kind="checkpoint")
+def _tar_download(study: Study, session: SessionDep, kind: str, name: str) -> Response:
+    """The study's directory artifact of ``kind`` as a tar archive named ``name``, streamed."""
+    artifact = get_artifact(session, study_id=study.id, kind=kind)
     path = Path(artifact.path) if artifact is not None else None
     if path is None or not path.exists():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study_id} has no exported checkpoint")
-    name = f"slimscout-{study.id}-checkpoint"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"study {study.id} has no {kind.replace('-', ' ')}")
     if path.is_file() and path.suffix == ".tar":
         return FileResponse(path, media_type="application/x-tar", filename=f"{name}.tar")
     return StreamingResponse(tar_stream(path, name), media_type="application/x-tar",
                              headers={"Content-Disposition": f'attachment; filename="{name}.tar"'})
+
+
+@router.get("/{study_id}/checkpoint", response_model=None,
+            responses={200: {"content": {"application/x-tar": {}}},
+                       404: {"model": Message, "description": "no such study, or no checkpoint"}})
+def checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    """The exported checkpoint (spec.export_format) as a tar archive, streamed."""
+    study = _owned(session, study_id, owner)
+    return _tar_download(study, session, "checkpoint", f"slimscout-{study.id}-checkpoint")
+
+
+@router.get("/{study_id}/recovered-checkpoint", response_model=None,
+            responses={200: {"content": {"application/x-tar": {}}},
+                       404: {"model": Message, "description": "no such study, or no recovered checkpoint"}})
+def recovered_checkpoint(study_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    """The winner after recovery (spec.recover_steps; slimscout layout, config document and manifest with
+    the recovery's settings inside) as a tar archive, streamed."""
+    study = _owned(session, study_id, owner)
+    return _tar_download(study, session, "recovered-checkpoint", f"slimscout-{study.id}-recovered")
 
 
 @router.post("/{study_id}/cancel", response_model=StudyPublic,

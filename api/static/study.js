@@ -41,7 +41,9 @@
       `${s.granularity} · objective ${s.objective} · ${s.eval_tokens} tokens of ${s.dataset}`;
     $("spec-options").textContent = `strategy ${s.strategy} · baselines ${s.baselines.join(", ") || "none"} · ` +
       `pruning ${s.prune ? "on" : "off"} · holdout ${s.holdout_tokens} tokens · ` +
-      `warm start ${s.warm_start ? "on" : "off"} · seed ${s.seed}`;
+      `warm start ${s.warm_start ? "on" : "off"} · seed ${s.seed}` +
+      (s.objective === "kl-recovered" ? ` · ${s.recover_trial_steps} distillation steps per trial` : "") +
+      (s.recover_steps ? ` · recover the winner ${s.recover_steps} steps` : "");
     const p = d.progress;
     $("trial-count").textContent = p.done;
     $("trial-total").textContent = p.total;
@@ -55,6 +57,7 @@
     $("cancel").hidden = !(d.status === "queued" || d.status === "running");
     $("download-config").disabled = !d.best;
     $("download-checkpoint").hidden = !d.has_checkpoint;
+    $("download-recovered").hidden = !d.has_recovered_checkpoint;
 
     const b = d.best;
     $("best-value").textContent = b ? `${d.spec.objective} ${Slim.num(b.value !== null ? b.value : b[d.spec.objective])}` : "–";
@@ -73,11 +76,28 @@
     $("holdout").innerHTML = Object.keys(h).filter((k) => h[k] && typeof h[k] === "object").map((k) =>
       `<tr><td>${Slim.esc(k)}</td><td class="num">${Slim.num(h[k].ppl)}</td><td class="num">${Slim.num(h[k].kl)}</td></tr>`
     ).join("") || `<tr><td colspan="3" class="muted">after the search</td></tr>`;
+    $("recovery").innerHTML = recoveryHtml(d.summary && d.summary.recovery, d.spec);
 
     const q = d.predictor;
     $("predictor").innerHTML = q ? [["spearman", Slim.num(q.spearman, 3)], ["mae", Slim.num(q.mae)],
       ["trained on", q.n_train ?? "–"], ["screened", q.n_screened ?? "–"]]
       .map(([k, v]) => `<dt>${k}</dt><dd>${Slim.esc(v)}</dd>`).join("") : `<dt>not trained yet</dt><dd></dd>`;
+  }
+
+  // The winner's recovery (spec.recover_steps): progress while it runs, holdout before → after once done.
+  function recoveryHtml(r, spec) {
+    if (!r || typeof r !== "object") {
+      return spec.recover_steps ? `<span class="muted">recovery of the winner (${spec.recover_steps} steps) after the search</span>` : "";
+    }
+    if (r.status === "running") {
+      return `<strong>Recovering the winner</strong>: step ${Slim.esc(r.step)} / ${Slim.esc(r.steps)}` +
+        (r.loss !== null && r.loss !== undefined ? ` · loss ${Slim.num(r.loss)}` : "") +
+        (r.eta_s !== null && r.eta_s !== undefined ? ` · ETA ${Slim.duration(r.eta_s)}` : "");
+    }
+    if (r.status === "failed") return `<span class="muted">recovery failed: ${Slim.esc(r.error)}</span>`;
+    const b = r.holdout_before || {}, a = r.holdout_after || {};
+    return `<strong>Recovered</strong> (${Slim.esc(r.steps_run)} steps, ${Slim.duration(r.seconds)}): ` +
+      `holdout ppl ${Slim.num(b.ppl)} → ${Slim.num(a.ppl)} · kl ${Slim.num(b.kl)} → ${Slim.num(a.kl)}`;
   }
 
   function renderTrials() {
@@ -215,6 +235,8 @@
     Slim.download(`${base}/best-config`, `slimscout-${studyId}-best-config.json`).catch((e) => Slim.showError(e.message)));
   $("download-checkpoint").addEventListener("click", () =>
     Slim.download(`${base}/checkpoint`, `slimscout-${studyId}-checkpoint.tar`).catch((e) => Slim.showError(e.message)));
+  $("download-recovered").addEventListener("click", () =>
+    Slim.download(`${base}/recovered-checkpoint`, `slimscout-${studyId}-recovered.tar`).catch((e) => Slim.showError(e.message)));
   $("cancel").addEventListener("click", async () => {
     if (!window.confirm("Cancel study " + studyId + "? Workers stop after their current trial.")) return;
     try {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from compress.baseline_methods import BASELINE_METHODS
 from compress.registry import OPERATOR_NAMES
@@ -37,6 +38,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="guided: start from a predictor trained on earlier studies of this model in the storage")
     parser.add_argument("--dataset", default=DEFAULTS["dataset"])
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--recover-steps", type=positive_int, default=DEFAULTS["recover_steps"],
+                        help=StudySpec.model_fields["recover_steps"].description)
+    parser.add_argument("--recover-out", help="where the recovered winner goes (--recover-steps; default: "
+                                              "the cache's artifacts/<study>/recovered)")
+    parser.add_argument("--recover-trial-steps", type=positive_int, default=DEFAULTS["recover_trial_steps"],
+                        help=StudySpec.model_fields["recover_trial_steps"].description)
     parser.add_argument("--storage", help="database URL (default: settings.storage_url)")
     parser.add_argument("--study", help="study name (default: generated)")
     parser.add_argument("--workers", type=int, default=0, help="local worker processes (0: measure in-process)")
@@ -63,6 +70,8 @@ def spec_of(args: argparse.Namespace) -> StudySpec:
         holdout_tokens=args.holdout_tokens,
         prune=not args.no_prune,
         warm_start=args.warm_start,
+        recover_steps=args.recover_steps,
+        recover_trial_steps=args.recover_trial_steps,
     )
 
 
@@ -90,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             on_status=lambda s: note(s),
             on_progress=on_progress,
+            recover_out=Path(args.recover_out).expanduser() if args.recover_out else None,
+            on_recovery=lambda r: note(f"recovery step {r['step']}/{r['steps']} loss {r['loss']}")
+            if r["step"] % 5 == 0 or r["step"] == r["steps"] else None,
         )
     config = best_config(summary)
     if args.out and config is not None:
@@ -101,4 +113,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         best = summary.get("best") or {}
         note(f"best trial {best.get('trial')}: ppl {best.get('ppl')} keep {best.get('keep_ratio')}")
+        recovery = summary.get("recovery")
+        if recovery:
+            before, after = recovery["holdout_before"] or {}, recovery["holdout_after"]
+            note(f"recovered into {recovery['out']}: holdout ppl {before.get('ppl')} -> {after['ppl']}")
     return 0

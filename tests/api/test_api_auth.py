@@ -48,15 +48,15 @@ PUBLIC_SAMPLES = {"/static": "/static/study.js", "/docs/assets": "/docs/assets/s
 
 def owned_study(client: TestClient, worker: FakeWorker, storage_url: str, tmp_path: Path,
                 headers: dict[str, str]) -> str:
-    """A study of ``headers``' owner with a measured trial and a checkpoint, so every endpoint has data."""
+    """A study of ``headers``' owner with a measured trial and checkpoints, so every endpoint has data."""
     study = client.post("/v1/studies", json=STUDY, headers=headers).json()
     worker.add(study["optuna_study_name"], [0.2])
     export = tmp_path / f"export-{study['id']}"
     export.mkdir()
     (export / "config.json").write_text("{}")
     with session_scope(get_engine(storage_url)) as session:
-        add_artifact(session, study_id=study["id"], kind="checkpoint", path=str(export), size_bytes=2,
-                     sha256="0" * 64)
+        for kind in ("checkpoint", "recovered-checkpoint"):
+            add_artifact(session, study_id=study["id"], kind=kind, path=str(export), size_bytes=2, sha256="0" * 64)
     return str(study["id"])
 
 

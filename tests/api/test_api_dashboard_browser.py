@@ -21,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from compress.config import config_from_dict
-from storage import get_engine, session_scope, set_status, update_summary
+from storage import add_artifact, get_engine, session_scope, set_status, update_summary
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -186,4 +186,47 @@ def test_docs_render_offline_under_the_csp(server: str, browser: WebDriver) -> N
     assert operations == sum(len(methods) for methods in paths.values())
     resources = browser.execute_script("return performance.getEntriesByType('resource').map((r) => r.name)")
     assert resources and all(name.startswith(server) for name in resources), resources  # nothing from a CDN
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_recovery_of_the_winner(server: str, browser: WebDriver, worker: FakeWorker,
+                                                    storage_url: str) -> None:
+    """``recover_steps``: the page shows the recovery's progress while it runs, then holdout before → after."""
+    created = httpx.post(f"{server}/v1/studies", headers=AUTH, json={
+        "model_id": "smollm2-135m", "budget": 0.4, "n_trials": 1, "recover_steps": 120})
+    assert created.status_code == 201, created.text
+    sid, name = created.json()["id"], created.json()["optuna_study_name"]
+    with session_scope(get_engine(storage_url)) as session:
+        set_status(session, study_id=sid, status="running")
+    worker.add(name, [0.9], source="baseline:uniform", ratio=0.4, duration_s=30, model_id="smollm2-135m",
+               blocks=BLOCKS)
+    holdout = {"dense": {"ppl": 30.37, "kl": 0.0}, "best": {"ppl": 111.3, "kl": 1.52}, "tokens": 4096}
+
+    def summary(recovery: dict[str, Any]) -> None:
+        with session_scope(get_engine(storage_url)) as session:
+            update_summary(session, study_id=sid, summary={"holdout": holdout, "recovery": recovery})
+
+    summary({"status": "running", "step": 37, "steps": 120, "loss": 0.8125, "eta_s": 250.0})
+    browser.get(server + "/")
+    browser.find_element("id", "token").send_keys(TOKEN)
+    browser.find_element("id", "token-save").click()
+    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
+    browser.get_log("browser")  # drop the 401s from before the token was entered
+    browser.get(f"{server}/studies/{sid}")
+    running = wait_for(lambda: "step 37 / 120" in text_of(browser, "recovery") and text_of(browser, "recovery"),
+                       what="the recovery's progress")
+    assert "loss 0.8125" in running and "ETA 4m 10s" in running
+    assert browser.execute_script("return document.getElementById('download-recovered').hidden")
+
+    summary({"status": "done", "steps": 120, "steps_run": 120, "seconds": 400.0, "holdout_before": holdout["best"],
+             "holdout_after": {"ppl": 54.5, "kl": 0.61}})
+    with session_scope(get_engine(storage_url)) as session:
+        add_artifact(session, study_id=sid, kind="recovered-checkpoint", path="/nonexistent", size_bytes=1,
+                     sha256="0")
+    done = wait_for(lambda: "→" in text_of(browser, "recovery") and text_of(browser, "recovery"),
+                    what="holdout before → after")
+    assert "holdout ppl 111.3 → 54.5" in done and "kl 1.52 → 0.61" in done and "120 steps" in done
+    wait_for(lambda: not browser.execute_script("return document.getElementById('download-recovered').hidden"),
+             what="the recovered checkpoint's download button")
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
