@@ -10,7 +10,7 @@
   forward passes are counted and cached per (model, data, operator, levels).
 - ``additive``: each layer is compressed alone at a few keep levels and measured
   (``compress.layer_scan``); the allocation minimises the sum of those per-layer KLs under the
-  exact budget by Lagrangian relaxation (one multiplier, bisected by ``project_to_budget``).
+  budget by dynamic programming over per-layer keep levels, then one logit shift makes it exact.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from common.errors import ConfigError
 from compress.baseline_methods import BASELINE_METHODS
 from compress.budget import Allocation, check_operators, layer_config, logit_family, project_to_budget
 from compress.config import CompressionConfig
-from compress.layer_scan import LAYER_SCAN_TOKENS, LayerDamage, additive_family, layer_scan
+from compress.layer_scan import LAYER_SCAN_TOKENS, LayerDamage, additive_allocation, layer_scan
 from compress.scan_cache import read_scan, scan_path, write_scan
 from compress.session import ModelSession
 
@@ -223,9 +223,9 @@ def additive(
 ) -> BaselineResult:
     """Minimise the sum of per-layer solo KLs (``compress.layer_scan``) under the exact budget."""
     scan = layer_scan(session, budget, operators, tokens=tokens, dataset=dataset, levels=levels, on_step=on_step)
-    family = additive_family(LayerDamage(session.layers, scan.curves))
-    ops = _block_operator(session, operators)
-    allocation = project_to_budget(session.layers, family, budget, ops, lo=-15.0, hi=40.0)
+    keep = additive_allocation(LayerDamage(session.layers, scan.curves), budget)
+    # The DP's allocation is budget-exact up to its discretization; one logit shift makes it exact.
+    allocation = project_to_budget(session.layers, logit_family(keep), budget, _block_operator(session, operators))
     return BaselineResult(
         "additive",
         allocation,

@@ -8,7 +8,7 @@ import pytest
 from compress.baselines import build_baseline
 from compress.budget import logit_family, project_to_budget
 from compress.catalog import load_model
-from compress.layer_scan import LayerDamage, additive_family, cached_layer_scan, layer_scan, layer_scan_levels
+from compress.layer_scan import LayerDamage, additive_allocation, cached_layer_scan, layer_scan, layer_scan_levels
 from compress.layers import LinearLayer
 from compress.session import ModelSession
 
@@ -34,8 +34,10 @@ def test_layer_scan_measures_every_layer_once_then_reads_the_cache(session: Mode
 def test_damage_curves_interpolate_extrapolate_and_never_rise_with_keep() -> None:
     layers = [LinearLayer("a", 0, "q", 8, 8)]
     damage = LayerDamage(layers, {"a": {0.2: 1.0, 0.4: 0.5, 0.6: 0.55}})  # 0.6 is above 0.4: noise
-    assert damage.of_layer(0, 0.3) == pytest.approx(0.75)
-    assert damage.of_layer(0, 0.1) == pytest.approx(1.25)  # the first slope goes on
+    assert damage.of_layer(0, 0.4) == pytest.approx(0.55)  # lifted to the damage at 0.6
+    assert damage.of_layer(0, 0.3) == pytest.approx(0.55**0.5)  # log-linear between levels
+    assert damage.of_layer(0, 0.1) == pytest.approx(0.55**-0.5)  # the first log-slope goes on
+    assert damage.of_layer(0, 0.8) == pytest.approx(0.55 / 4)  # quadratic from the top level to (1, 0)
     assert damage.of_layer(0, 1.0) == 0.0
     values = damage.of_layer(0, np.linspace(0.05, 1.0, 50))
     assert (np.diff(values) <= 1e-12).all()
@@ -44,18 +46,19 @@ def test_damage_curves_interpolate_extrapolate_and_never_rise_with_keep() -> Non
 
 
 def test_additive_allocation_gives_the_more_sensitive_layer_more() -> None:
-    layers = [LinearLayer(f"l{i}", i, "q", 64, 64) for i in range(3)]
+    # 30 equal layers in three groups, ten times as sensitive as each other
+    layers = [LinearLayer(f"l{i}", i, "q", 64, 64) for i in range(30)]
     curve = {0.2: 1.0, 0.4: 0.4, 0.6: 0.1}
-    scale = {"l0": 1.0, "l1": 10.0, "l2": 0.1}
+    scale = {layer.name: (1.0, 10.0, 0.1)[i // 10] for i, layer in enumerate(layers)}
     damage = LayerDamage(layers, {name: {k: s * v for k, v in curve.items()} for name, s in scale.items()})
-    allocation = project_to_budget(layers, additive_family(damage), 0.4, dict.fromkeys(scale, "wanda"),
-                                   lo=-15.0, hi=40.0)
-    keep = allocation.keep
-    assert keep["l1"] > keep["l0"] > keep["l2"]
+    ops = dict.fromkeys(scale, "wanda")
+    allocation = project_to_budget(layers, logit_family(additive_allocation(damage, 0.4)), 0.4, ops)
+    keep = [np.mean([allocation.keep[f"l{i}"] for i in range(g * 10, g * 10 + 10)]) for g in range(3)]
+    assert keep[1] > keep[0] > keep[2]
     assert allocation.keep_ratio == pytest.approx(0.4, rel=0.005)
-    uniform = project_to_budget(layers, logit_family(np.full(3, 0.4)), 0.4, dict.fromkeys(scale, "wanda"))
+    uniform = project_to_budget(layers, logit_family(np.full(30, 0.4)), 0.4, ops)
     order = [layer.name for layer in layers]
-    assert damage.per_layer(np.array([keep[n] for n in order])).sum() < \
+    assert damage.per_layer(np.array([allocation.keep[n] for n in order])).sum() < \
         damage.per_layer(np.array([uniform.keep[n] for n in order])).sum()
 
 
