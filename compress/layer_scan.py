@@ -31,7 +31,7 @@ from compress.layers import LinearLayer
 from compress.scan_cache import read_scan, scan_path, write_scan
 from compress.session import ModelSession
 
-LAYER_SCAN_TOKENS = 128
+LAYER_SCAN_TOKENS = 64
 # Levels as multiples of the budget. One level, the budget itself: on smollm2-135m (210 layers) each
 # level costs 210 forward passes, 4-10 s each on a loaded 2-core machine; the curve's shape away
 # from it is the model's (log-linear / quadratic, see LayerDamage), or the Gram error's in the predictor.

@@ -46,7 +46,7 @@ class GramCurves:
         self.session = session
         self.fallback = fallback
         self.grid = grid
-        self._tables: dict[str, dict[str, np.ndarray]] = {}
+        self._tables: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
     def _table(self, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per layer: pruned-per-row counts on the grid and the exact relative error at each."""
