@@ -45,7 +45,7 @@ OPERATORS = ["wanda"]
 RESULTS = Path("bench/results/predictor")
 CHAINS = {"uniform": 4, "additive": 2}  # mutation chains per parent
 CHAIN_LENGTH = 7
-RANDOM = 10
+RANDOM = 11
 
 
 def _pairs_path(budget: float) -> Path:
@@ -132,10 +132,8 @@ def measure(args: argparse.Namespace) -> None:
 def _builders(session: ModelSession, budget: float) -> dict[str, FeatureBuilder]:
     proxy = LayerProxy(session)
     scan = cached_scan(session, budget, OPERATORS)
-    curves = cached_layer_scan(session, budget, OPERATORS)
-    if curves is None:
-        raise SystemExit("run the per-layer scan first (python -m slimscout.cli baseline --method additive ...)")
-    solo = LayerDamage(session.layers, curves)
+    curves = cached_layer_scan(session, budget, OPERATORS)  # None when the per-layer scan was not run
+    solo = LayerDamage(session.layers, curves) if curves is not None else None
     gram = GramCurves(session, proxy)
     return {
         "old": FeatureBuilder(session.layers, proxy, block_damage=scan),
@@ -150,24 +148,26 @@ def report(args: argparse.Namespace) -> None:
     configs = [_config(session, r["pruned"]).layers for r in rows]
     y = np.log(np.array([r["kl"] for r in rows]))
     result: dict[str, Any] = {"budget": args.budget, "pairs": len(rows), "target": "log KL", "variants": {}}
-    for name, builder in _builders(session, args.budget).items():
+    builders = _builders(session, args.budget)
+    for name, builder in builders.items():
         X = builder.matrix(configs)
         names = builder.names()
         variants = {name: lambda: XGBPredictor(seed=0)}
-        if "add/log" in names:
-            base = names.index("add/log")
-            variants[f"{name}+base"] = lambda base=base: XGBPredictor(seed=0, base_column=base)  # type: ignore[misc]
-            for feature in ("add/log", "gram/scaled_log", "gram/log"):
-                col = X[:, names.index(feature)]
-                result["variants"][f"raw:{feature}"] = _raw(col, y)
+        base_name = next((f for f in ("add/log", "gram/log") if f in names), None)  # as ConfigRanker picks
+        if base_name is not None:
+            base = names.index(base_name)
+            variants[f"{name}+base:{base_name}"] = lambda base=base: XGBPredictor(seed=0, base_column=base)  # type: ignore[misc]
+        for feature in ("add/log", "gram/scaled_log", "gram/log", "err/total"):
+            if feature in names and f"raw:{feature}" not in result["variants"]:
+                result["variants"][f"raw:{feature}"] = _raw(X[:, names.index(feature)], y)
         for label, factory in variants.items():
             runs = [cross_validated_quality(X, y, factory, seed=seed) for seed in range(args.seeds)]
             result["variants"][label] = {
                 key: float(np.mean([r[key] for r in runs if r[key] is not None]))
                 for key in ("spearman", "spearman_top", "mae")
             } | {"n_top": runs[0]["n_top"], "folds": runs[0]["folds"], "seeds": args.seeds}
-        if name == "old" and scan_is_missing(builder):
-            result["note"] = "no block scan cached: the old features lack scan/*"
+    result["block_scan"] = scan_is_missing(builders["old"]) is False
+    result["layer_scan"] = "add/log" in builders["new"].names()
     out = RESULTS / f"report-keep{args.budget}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -188,7 +188,7 @@ def _raw(score: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
 
 def holdout(args: argparse.Namespace) -> None:
     session = ModelSession.open(MODEL)
-    out = RESULTS / "holdout.json"
+    out = RESULTS / f"holdout-keep{args.budget}.json"
     rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.is_file() else []
     done = {(r["method"], r["budget"]) for r in rows}
     evaluator = session.evaluator(split="holdout", tokens=args.tokens)

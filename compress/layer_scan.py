@@ -31,11 +31,10 @@ from compress.layers import LinearLayer
 from compress.scan_cache import read_scan, scan_path, write_scan
 from compress.session import ModelSession
 
-LAYER_SCAN_TOKENS = 64
-# Levels as multiples of the budget. One level, the budget itself: on smollm2-135m (210 layers) each
-# level costs 210 forward passes, 4-10 s each on a loaded 2-core machine; the curve's shape away
-# from it is the model's (log-linear / quadratic, see LayerDamage), or the Gram error's in the predictor.
-LEVEL_FACTORS = (1.0,)
+LAYER_SCAN_TOKENS = 128
+# Levels as multiples of the budget. On smollm2-135m (210 layers) each level costs 210 forward passes
+# of LAYER_SCAN_TOKENS: 2.6 s each at a load average of 6-8 on 2 cores, 10-18 s at 20-30 (BENCHMARKS.md).
+LEVEL_FACTORS = (0.5, 1.0, 1.5)
 KEEP_GRID = np.round(np.arange(MIN_KEEP, 1.0 + 1e-9, 0.01), 4)  # where the additive allocation may put a layer
 DP_UNITS = 2000  # the budget in units of 1/2000 of the linear parameters
 
