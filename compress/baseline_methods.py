@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-BASELINE_METHODS: tuple[str, ...] = ("uniform", "owl", "sensitivity")
+BASELINE_METHODS: tuple[str, ...] = ("uniform", "owl", "sensitivity", "additive")
+# What a study seeds by default: ``additive`` needs a per-layer scan (layers × 3 forward passes,
+# about 2.6x the block scan's tokens on smollm2-135m), so a study asks for it by name.
+DEFAULT_BASELINES: tuple[str, ...] = ("uniform", "owl", "sensitivity")

@@ -8,13 +8,14 @@
   (KL to dense on a small token budget); then one global threshold τ on the measured damage is
   bisected so that every block takes the smallest keep whose damage stays under τ. The scan's
   forward passes are counted and cached per (model, data, operator, levels).
+- ``additive``: each layer is compressed alone at a few keep levels and measured
+  (``compress.layer_scan``); the allocation minimises the sum of those per-layer KLs under the
+  budget by dynamic programming over per-layer keep levels, then one logit shift makes it exact.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ from common.errors import ConfigError
 from compress.baseline_methods import BASELINE_METHODS
 from compress.budget import Allocation, check_operators, layer_config, logit_family, project_to_budget
 from compress.config import CompressionConfig
+from compress.layer_scan import LAYER_SCAN_TOKENS, LayerDamage, additive_allocation, layer_scan
+from compress.scan_cache import read_scan, scan_path, write_scan
 from compress.session import ModelSession
 
 log = logging.getLogger(__name__)
@@ -105,18 +108,17 @@ def sensitivity_levels(budget: float) -> list[float]:
 def _scan_path(session: ModelSession, budget: float, operators: Sequence[str], tokens: int, dataset: str) -> Path:
     ops = _block_operator(session, operators)
     levels = sensitivity_levels(budget)
-    key = json.dumps({"op": sorted(set(ops.values())), "levels": levels, "tokens": tokens, "dataset": dataset})
-    return session.cache_dir / f"sensitivity-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    key = {"op": sorted(set(ops.values())), "levels": levels, "tokens": tokens, "dataset": dataset}
+    return scan_path(session, "sensitivity", key)
 
 
 def cached_scan(
     session: ModelSession, budget: float, operators: Sequence[str], *, tokens: int = 512, dataset: str = "lee-news"
 ) -> dict[int, dict[float, float]] | None:
     """The stored sensitivity scan ({block: {keep: kl}}), or None when it was never run (never runs one)."""
-    path = _scan_path(session, budget, operators, tokens, dataset)
-    if not path.is_file():
+    cached = read_scan(_scan_path(session, budget, operators, tokens, dataset))
+    if cached is None:
         return None
-    cached = json.loads(path.read_text())
     return {int(b): {float(k): v for k, v in d.items()} for b, d in cached["kl"].items()}
 
 
@@ -158,8 +160,7 @@ def sensitivity_scan(
             if on_step:
                 on_step(done, total)
     seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"kl": curves, "levels": levels, "tokens": tokens, "seconds": seconds}))
+    write_scan(path, {"kl": curves, "levels": levels, "tokens": tokens, "seconds": seconds})
     return curves, total, seconds
 
 
@@ -210,6 +211,32 @@ def sensitivity(
     return result
 
 
+def additive(
+    session: ModelSession,
+    budget: float,
+    operators: Sequence[str],
+    *,
+    tokens: int = LAYER_SCAN_TOKENS,
+    dataset: str = "lee-news",
+    levels: Sequence[float] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> BaselineResult:
+    """Minimise the sum of per-layer solo KLs (``compress.layer_scan``) under the exact budget."""
+    scan = layer_scan(session, budget, operators, tokens=tokens, dataset=dataset, levels=levels, on_step=on_step)
+    keep = additive_allocation(LayerDamage(session.layers, scan.curves), budget)
+    # The DP's allocation is budget-exact up to its discretization; one logit shift makes it exact.
+    allocation = project_to_budget(session.layers, logit_family(keep), budget, _block_operator(session, operators))
+    return BaselineResult(
+        "additive",
+        allocation,
+        _config(session, "additive", allocation, operators, budget),
+        scan.evaluations,
+        tokens,
+        scan.seconds,
+        {"levels": scan.levels},
+    )
+
+
 def build_baseline(
     method: str, session: ModelSession, budget: float, operators: Sequence[str], **kwargs: object
 ) -> BaselineResult:
@@ -219,4 +246,6 @@ def build_baseline(
         return owl(session, budget, operators)
     if method == "sensitivity":
         return sensitivity(session, budget, operators, **kwargs)  # type: ignore[arg-type]
+    if method == "additive":
+        return additive(session, budget, operators, **kwargs)  # type: ignore[arg-type]
     raise ConfigError("method", f"unknown baseline {method!r} (one of {', '.join(METHODS)})")

@@ -14,6 +14,8 @@ predictor trained in one study can seed another on the same model and data. Feat
 * with measured block damage (the sensitivity scan: KL of each block compressed alone at a few keep
   levels): ``scan/sum``, the sum over blocks of that damage interpolated at the block's keep (an
   additive estimate of the config's KL), its log, and ``scan/max``;
+* with ``damage`` (``predictor.damage.DamageFeatures``): per-layer exact Gram output errors and
+  per-layer solo KLs, aggregated (``add/log``, the log additive estimate, is the predictor's base);
 * ``frac/lowrank``, ``frac/sparsity``, ``frac/quant``, ``frac/dense``: share of layers using each;
 * ``knob/NAME`` for each of ``knob_names`` (NaN where a trial lacks it).
 """
@@ -29,6 +31,7 @@ from compress.accounting import DENSE_BYTES_PER_PARAM, layer_cost
 from compress.config import LayerConfig
 from compress.layers import PROJECTION_TYPES, LinearLayer
 
+from .damage import DamageFeatures
 from .proxy import LayerErrors, LayerProxy
 
 __all__ = ["FeatureBuilder", "LayerErrors", "LayerProxy"]
@@ -44,7 +47,8 @@ class FeatureBuilder:
     def __init__(self, layers: list[LinearLayer], proxy: LayerErrors | None,
                  sensitivity: Mapping[str, float] | None = None, *, knob_names: Sequence[str] | None = None,
                  depth_ranges: int = DEPTH_RANGES,
-                 block_damage: Mapping[int, Mapping[float, float]] | None = None) -> None:
+                 block_damage: Mapping[int, Mapping[float, float]] | None = None,
+                 damage: DamageFeatures | None = None) -> None:
         if not layers:
             raise ValueError("a FeatureBuilder needs at least one layer")
         if depth_ranges < 1:
@@ -73,6 +77,9 @@ class FeatureBuilder:
         self._block_of = np.array([blocks.index(layer.block) for layer in self.layers])
         self._block_params = np.bincount(self._block_of, self._params, len(blocks))
         self._damage = self._damage_curves(block_damage) if block_damage else None
+        if damage is not None and [layer.name for layer in damage.layers] != [layer.name for layer in self.layers]:
+            raise ValueError("the damage features must cover the same layers, in the same order")
+        self.damage = damage
 
     def _damage_curves(self, block_damage: Mapping[int, Mapping[float, float]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per block (in ``self._blocks`` order): keep levels and damage, with no damage at keep 1."""
@@ -119,6 +126,8 @@ class FeatureBuilder:
             names += ["err/total", "err/weighted", "err/max"]
         if self._damage is not None:
             names += ["scan/sum", "scan/log", "scan/max"]
+        if self.damage is not None:
+            names += self.damage.names()
         names += [f"frac/{op}" for op in OPERATORS] + ["frac/dense"]
         return names + [f"knob/{k}" for k in self.knob_names]
 
@@ -170,6 +179,8 @@ class FeatureBuilder:
         if self._damage is not None:
             damage = self._scan_damage(kept)
             parts.append([float(damage.sum()), float(np.log(damage.sum() + 1e-6)), float(damage.max())])
+        if self.damage is not None:
+            parts.append(self.damage.features(config_layers, kept))
         parts += [uses.mean(axis=1), [1.0 - float(uses.any(axis=0).mean())]]
         parts.append(self._knobs(knobs))
         return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])

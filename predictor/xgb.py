@@ -29,6 +29,11 @@ data and seed give the same predictions.
 Warm start: pass ``prior=`` a predictor fitted on another study of the same model and data; the
 ensemble then learns the correction ``y - prior.predict(X)`` and predictions add the prior back.
 Features never depend on the budget or granularity, so a prior from one budget applies to another.
+
+Base margin: ``base_column=i`` adds feature ``i`` to every prediction and learns ``y - X[:, i]``,
+as XGBoost's ``base_margin`` does; with the log additive estimate of ``predictor.damage`` as that
+column (and a log target), the ridge and the trees learn only how the measured damage departs from
+the sum of the per-layer solo damages (the interactions).
 """
 
 from __future__ import annotations
@@ -128,10 +133,13 @@ class XGBPredictor(Predictor):
                  learning_rate: float = 0.05, subsample: float = 0.8, colsample_bytree: float = 0.8,
                  min_child_weight: float = 2.0, reg_lambda: float = 5.0, reg_alpha: float = 0.0,
                  linear_base: bool = True, stack: bool = True, seed: int = 0, prior: Predictor | None = None,
-                 feature_names: Sequence[str] | None = None) -> None:
+                 feature_names: Sequence[str] | None = None, base_column: int | None = None) -> None:
         self.params = XGBParams(n_models, max_depth, n_estimators, learning_rate, subsample, colsample_bytree,
                                 min_child_weight, reg_lambda, reg_alpha, linear_base, stack, seed)
         self.prior = prior
+        if base_column is not None and (isinstance(base_column, bool) or base_column < 0):
+            raise ValueError(f"base_column must be a feature index, got {base_column!r}")
+        self.base_column = base_column
         self.feature_names = list(feature_names) if feature_names is not None else None
         self.n_features: int | None = None
         self.n_train = 0
@@ -145,7 +153,15 @@ class XGBPredictor(Predictor):
         return self.n_features is not None
 
     def _offset(self, X: np.ndarray) -> np.ndarray:
-        return self.prior.predict(X) if self.prior is not None else np.zeros(X.shape[0])
+        offset = self.prior.predict(X) if self.prior is not None else np.zeros(X.shape[0])
+        if self.base_column is not None:
+            if self.base_column >= X.shape[1]:
+                raise ValueError(f"base_column {self.base_column} is not a column of X ({X.shape[1]} features)")
+            base = X[:, self.base_column]
+            if np.isnan(base).any():
+                raise ValueError("the base column must not be NaN")
+            offset = offset + base
+        return offset
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> Self:
         X, y = check_Xy(X, y)

@@ -48,7 +48,8 @@ def seed_study(
         if on_step:
             on_step(f"baseline {method}")
         kwargs: dict[str, Any] = (
-            {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity" else {}
+            {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity"
+            else {"dataset": spec.dataset} if method == "additive" else {}
         )
         result = build_baseline(method, session, spec.budget, spec.operators, **kwargs)
         results[method] = result
