@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from common.errors import ConfigError
 from compress.baselines import uniform
 from search.context import Workbench
 from search.measure_trial import FIDELITY_ATTR
 from search.runner import run_search
+from search.space import to_config
 from search.spec import StudySpec
-from search.strategies.evolve import PARENT_SOURCE, SOURCE, LevelSpace, fidelities, survivors
+from search.strategies.evolve import PARENT_SOURCE, SOURCE, Evolution, LevelSpace, fidelities, survivors
 from search.study import best_trial, load_study
 
 SPEC = dict(model_id="tiny-llama", budget=0.5, operators=["wanda"], eval_tokens=1024, holdout_tokens=128,
@@ -97,3 +98,48 @@ def test_without_baselines_the_uniform_allocation_is_the_first_parent(tmp_path: 
     assert trials[0].user_attrs["source"] == PARENT_SOURCE
     assert trials[0].state == TrialState.COMPLETE
     assert [t.user_attrs["parent"] for t in trials[1:]] == [0, 0]
+
+
+def _trial(number: int, pruned: np.ndarray, levels: LevelSpace, space: object, chunks: list[float],
+           state: TrialState, **attrs: object) -> FrozenTrial:
+    config = to_config(space, levels.allocation(pruned), {"source": SOURCE})  # type: ignore[arg-type]
+    trial = create_trial(state=state, value=chunks[-1], intermediate_values=dict(enumerate(chunks)),
+                         user_attrs={"config": config.to_dict(), **attrs})
+    trial.number = number
+    return trial
+
+
+def test_offspring_go_on_only_ahead_of_the_parent_and_the_best_becomes_the_next_parent() -> None:
+    bench = Workbench()
+    spec = StudySpec(**SPEC | {"n_trials": 100})  # type: ignore[arg-type]
+    space = bench.space(spec)
+    levels = LevelSpace.of(space, levels=4)
+    start = levels.read(uniform(bench.session(spec.model_id), spec.budget, spec.operators).config)
+    parent = _trial(0, start, levels, space, [1.0, 2.0], TrialState.COMPLETE, source="baseline:uniform")
+    evolution = Evolution(offspring=4)
+
+    first = evolution.next_batch([parent], parent, levels, spec, seq_len=512)
+    assert (first.generation, first.stage, first.parent.number, len(first.configs)) == (0, 0, 0, 4)
+    assert all(levels.kept(c) == levels.kept(start) for c in first.configs)
+
+    def stage0(values: list[float]) -> list[FrozenTrial]:
+        return [_trial(1 + i, c, levels, space, [v], TrialState.PRUNED, source=SOURCE, generation=0, stage=0)
+                for i, (c, v) in enumerate(zip(first.configs, values, strict=True))]
+
+    # Two offspring beat the parent's 1.0 on the first chunk; survivors(4, 2) = [4, 1]: only the best goes on.
+    cheap = stage0([0.9, 1.1, 0.8, 1.0])
+    second = evolution.next_batch([parent, *cheap], parent, levels, spec, seq_len=512)
+    assert (second.generation, second.stage) == (0, 1)
+    assert [c.tobytes() for c in second.configs] == [first.configs[2].tobytes()]
+
+    # Better on all tokens: the next generation mutates it; worse: the parent stays.
+    for full, next_parent in ((1.9, 5), (2.1, 0)):
+        final = _trial(5, first.configs[2], levels, space, [0.8, full], TrialState.COMPLETE,
+                       source=SOURCE, generation=0, stage=1)
+        third = evolution.next_batch([parent, *cheap, final], parent, levels, spec, seq_len=512)
+        assert (third.generation, third.stage, third.parent.number) == (1, 0, next_parent)
+
+    # No offspring ahead of the parent: the generation ends after its cheapest stage.
+    behind = stage0([1.2, 1.0, 1.3, 1.1])
+    fourth = evolution.next_batch([parent, *behind], parent, levels, spec, seq_len=512)
+    assert (fourth.generation, fourth.stage, fourth.parent.number) == (1, 0, 0)
