@@ -32,7 +32,8 @@ def row(result: dict[str, Any]) -> str:
     return (f"| {spec['operators'][0]} {spec['budget']} | {spec['strategy']} | {spec['seed']} | {spec['n_trials']} | "
             f"{fee:.1f} | {summary['best']['kl']:.4f} | "
             f"{' / '.join(f'{seeds[n]:.1f}' for n in BASELINES if n in seeds)} | **{best:.1f}** | "
-            f"{best / seeds['uniform']:.2f}x | {best / min(seeds.values()):.2f}x | {result.get('wall_s', 0) / 60:.0f} |")
+            f"{best / seeds['uniform']:.2f}x | {best / min(seeds.values()):.2f}x | "
+            f"{result.get('wall_s', 0) / 60:.0f} |")
 
 
 def curve(db: str) -> str:
