@@ -61,7 +61,7 @@ def main() -> None:
     print("| operator, keep | strategy | seed | trials | full-evaluation equivalents | search KL of the winner "
           "| holdout ppl uniform / OWL / sensitivity | holdout ppl winner | vs uniform | vs best seed | wall min |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for path in sorted(DIR.glob("*.json")):
+    for path in sorted(p for p in DIR.glob("*.json") if not p.name.endswith(".trials.json")):
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError:
