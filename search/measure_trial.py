@@ -11,6 +11,7 @@ its heartbeat stops and the reaper re-queues it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -29,6 +30,15 @@ from search.spec import RECOVERED_OBJECTIVES, StudySpec
 from storage.retry import is_transient, retry_db
 
 log = logging.getLogger(__name__)
+#: An enqueued trial's user attribute: measure only the first this many evaluation tokens (a lower
+#: fidelity of a multi-fidelity strategy). Such a trial ends PRUNED, like a trial a pruner stopped, so
+#: its cheaper score never competes with full measurements for the study's best.
+FIDELITY_ATTR = "fidelity_tokens"
+
+
+def fidelity_chunks(tokens: int, seq_len: int) -> int:
+    """How many evaluation chunks cover the first ``tokens`` tokens (at least one)."""
+    return max(1, math.ceil(tokens / seq_len))
 
 
 def worker_id() -> str:
@@ -77,10 +87,15 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
     state = TrialState.COMPLETE
     metrics = None
     streamed = RECOVERED_OBJECTIVES.get(spec.objective, spec.objective)
+    fidelity = trial.user_attrs.get(FIDELITY_ATTR)
+    n_chunks = len(evaluator.chunks) if fidelity is None else fidelity_chunks(int(fidelity), evaluator.seq_len)
     with session.applied(config, restore_after=False) as apply_s:  # the next trial overwrites it
         for step, metrics in enumerate(evaluator.stream()):
             score = metrics.score(streamed)
             retry_db(lambda: trial.report(score, step), what=f"reporting trial {trial.number}")  # noqa: B023
+            if step + 1 >= n_chunks and n_chunks < len(evaluator.chunks):  # a lower fidelity: stop here
+                state = TrialState.PRUNED
+                break
             # Seeds and screened candidates are already the promising few: measure them fully.
             if source.startswith("sampler") and retry_db(trial.should_prune, what=f"pruning trial {trial.number}"):
                 state = TrialState.PRUNED

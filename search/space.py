@@ -158,6 +158,20 @@ class SearchSpace:
         return params
 
 
+def enqueue_exact(
+    study: optuna.Study, space: SearchSpace, allocation: Allocation, user_attrs: Mapping[str, Any]
+) -> None:
+    """Enqueue ``allocation`` itself, not the nearest point of the knob space.
+
+    The trial is measured from its config document (``seed_config``, which ``search.measure_trial``
+    reads); its knobs (the least-squares fit) are only what the sampler sees. ``user_attrs`` must
+    name the ``source``.
+    """
+    config = to_config(space, allocation, {"source": user_attrs["source"]})
+    study.enqueue_trial(space.fit_params(allocation.keep, allocation.operators),
+                        user_attrs={**user_attrs, "seed_config": config.to_dict()})
+
+
 def to_config(space: SearchSpace, allocation: Allocation, meta: Mapping[str, Any]) -> CompressionConfig:
     return CompressionConfig(
         space.model_id,

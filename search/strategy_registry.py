@@ -51,6 +51,8 @@ STRATEGIES: dict[str, StrategyInfo] = {
                      "TPE proposes; the XGBoost predictor screens candidates and enqueues the best few"),
         StrategyInfo("tpe", "search.strategies.tpe", "Optuna's multivariate TPE sampler"),
         StrategyInfo("random", "search.strategies.random", "uniform random knobs"),
+        StrategyInfo("evolve", "search.strategies.evolve",
+                     "EvoPress-style (1+λ) evolution over per-layer sparsity levels, multi-fidelity selection"),
     )
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)

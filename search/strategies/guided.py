@@ -32,7 +32,7 @@ from predictor.screen import screen, shrink_ranges
 from predictor.xgb import XGBPredictor
 from search.context import Workbench
 from search.optuna_adapter import completed_trials, other_studies
-from search.space import SearchSpace, to_config
+from search.space import SearchSpace, enqueue_exact
 from search.spec import StudySpec
 from search.strategies.tpe import tpe_sampler
 from search.study import Counts, measured
@@ -155,8 +155,9 @@ class Guide:
                 "predicted_std": float(std[index]),
             }
             if pick.exact_config:  # not a point of the knob space: measure the config itself
-                attrs["seed_config"] = to_config(space, pick.allocation, {"source": "predictor"}).to_dict()
-            study.enqueue_trial(pick.params, user_attrs=attrs)
+                enqueue_exact(study, space, pick.allocation, attrs)
+            else:
+                study.enqueue_trial(pick.params, user_attrs=attrs)
         self.record(study, X, y, trials, n_scored=len(candidates), n_enqueued=len(picks), prior=prior, warm=warm)
         return len(picks)
 

@@ -1,0 +1,269 @@
+"""``evolve``: an EvoPress-style (1+λ) evolutionary search over per-layer levels, multi-fidelity.
+
+A config is one integer per layer, the weights it prunes per row. A level is ``step`` weights,
+the same count for every layer (``compress.leveldb.KeepGrid.resolved_step``, EvoPress's budget-neutral
+step), so a mutation that moves ``n = min(U{1,3}, U{1,3})`` random layers one level down and ``n``
+others one level up keeps the kept-parameter count exactly (asserted for every offspring).
+
+The starting parent is the best measured baseline seed of the study (uniform, OWL, sensitivity:
+whichever scored best; the uniform allocation, measured first, when the study has none). A
+generation measures ``offspring`` mutants of the parent on the cheapest fidelity, then re-measures
+the best few on more tokens, stage by stage (EvoPress's multi-step selection), up to the study's
+``eval_tokens``. Fidelities are prefixes of the study's evaluation tokens, ×4 apart, at most three
+stages, at least one evaluation chunk: 2,048 tokens → 512, 2,048; 8,192 → 512, 2,048, 8,192. Since
+every fidelity is a prefix of the same tokens, the parent re-enters each stage for free: its score
+on the first T tokens is its intermediate value there. An offspring goes on only if it ranks ahead
+of the parent at the stage before (a paired comparison on the same tokens) and among the best
+``offspring // 4**s``; the best of the parent and the full-fidelity survivors is the next parent.
+
+Every offspring is an ordinary queued trial (its config document in ``seed_config``, its fidelity
+in ``fidelity_tokens``, its stage in ``stage``), so workers, dashboard and the reaper work as for
+any other strategy. A lower-fidelity trial ends PRUNED (``search.measure_trial``), so the study's
+best — the digest's, the holdout's — is always a full-fidelity trial.
+
+The state is read back from the study's trials on every call (nothing lives in the worker), and
+every random draw is seeded by (seed, generation): the same spec measures the same trials. A stage
+is a barrier: while any trial is still out, the proposer waits for it (another worker's result
+decides what comes next).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from common.errors import ConfigError
+from compress.baselines import uniform
+from compress.budget import MIN_KEEP, SPARSITY_OPERATORS, Allocation
+from compress.config import CompressionConfig, config_from_dict
+from compress.layers import LinearLayer
+from compress.leveldb import KeepGrid
+from search.context import Workbench
+from search.measure_trial import FIDELITY_ATTR, fidelity_chunks
+from search.space import SearchSpace, enqueue_exact
+from search.spec import StudySpec
+from search.strategies.tpe import tpe_sampler
+from search.study import Counts, counts
+
+log = logging.getLogger(__name__)
+SOURCE = "evolve"
+PARENT_SOURCE = "evolve:parent"  # the uniform allocation, when the study has no baseline to start from
+GENERATION_ATTR = "generation"
+STAGE_ATTR = "stage"
+STUDY_ATTR = "evolve"  # the study's user attribute: where the evolution stands (for the dashboard)
+FIDELITY_RATIO = 4
+MAX_STAGES = 3
+PENDING = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def fidelities(eval_tokens: int, seq_len: int) -> list[int]:
+    """Token counts of the stages, cheapest first, ending at ``eval_tokens`` (see the module doc)."""
+    out = [eval_tokens]
+    while len(out) < MAX_STAGES and out[0] > seq_len:
+        out.insert(0, max(seq_len, out[0] // FIDELITY_RATIO // seq_len * seq_len))
+    return out
+
+
+def survivors(offspring: int, n_stages: int) -> list[int]:
+    """How many offspring each stage measures: all of them, then a quarter as many per stage (at least 1)."""
+    return [offspring] + [max(1, offspring // FIDELITY_RATIO**s) for s in range(1, n_stages)]
+
+
+@dataclass(frozen=True)
+class LevelSpace:
+    """Per-layer pruned weights per row, moved in steps of the same count of weights for every layer."""
+
+    layers: Sequence[LinearLayer]
+    operator: str
+    step: int
+    rows: np.ndarray = field(repr=False)
+    cols: np.ndarray = field(repr=False)
+
+    @classmethod
+    def of(cls, space: SearchSpace, levels: int) -> LevelSpace:
+        if len(space.param_ops) != 1 or space.param_ops[0] not in SPARSITY_OPERATORS:
+            raise ConfigError("strategy", "evolve searches unstructured-sparsity levels: one sparsity operator "
+                                          f"({', '.join(SPARSITY_OPERATORS)}), got {', '.join(space.param_ops)}")
+        layers = list(space.layers)
+        step = KeepGrid(space.budget, levels).resolved_step(layers)
+        return cls(layers, space.param_ops[0], step, np.array([layer.out_features for layer in layers]),
+                   np.array([layer.in_features for layer in layers]))
+
+    @property
+    def per_row(self) -> np.ndarray:
+        return self.step // self.rows
+
+    @property
+    def max_pruned(self) -> np.ndarray:
+        return np.floor((1.0 - MIN_KEEP) * self.cols).astype(np.int64)
+
+    def read(self, config: CompressionConfig) -> np.ndarray:
+        """The pruned weights per row of each layer in ``config`` (dense or absent layers: 0)."""
+        out = np.zeros(len(self.layers), dtype=np.int64)
+        for i, layer in enumerate(self.layers):
+            entry = config.layers.get(layer.name)
+            if entry is not None and entry.sparsity is not None:
+                out[i] = round(entry.sparsity.ratio * layer.in_features)
+        return out
+
+    def kept(self, pruned: np.ndarray) -> int:
+        return int((self.rows * (self.cols - pruned)).sum())
+
+    def mutate(self, pruned: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``n = min(U{1,3}, U{1,3})`` layers one level down, ``n`` others one level up; the same kept count."""
+        n = int(min(rng.integers(1, 4), rng.integers(1, 4)))
+        can_down = np.flatnonzero(pruned + self.per_row <= self.max_pruned)
+        down = rng.choice(can_down, size=min(n, len(can_down)), replace=False)
+        can_up = np.setdiff1d(np.flatnonzero(pruned - self.per_row >= 0), down)
+        up = rng.choice(can_up, size=min(len(down), len(can_up)), replace=False)
+        down = down[: len(up)]
+        child = pruned.copy()
+        child[down] += self.per_row[down]
+        child[up] -= self.per_row[up]
+        assert self.kept(child) == self.kept(pruned), "a level swap changed the budget"
+        return child
+
+    def allocation(self, pruned: np.ndarray) -> Allocation:
+        keep = (self.cols - pruned) / self.cols
+        return Allocation({layer.name: float(k) for layer, k in zip(self.layers, keep, strict=True)},
+                          {layer.name: self.operator for layer in self.layers},
+                          self.kept(pruned), int((self.rows * self.cols).sum()), 0.0)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Configs to enqueue at one stage of one generation."""
+
+    generation: int
+    stage: int
+    configs: list[np.ndarray]
+    parent: FrozenTrial
+
+
+def _score_at(trial: FrozenTrial, tokens: int, seq_len: int) -> float:
+    """The trial's objective on the first ``tokens`` evaluation tokens (its report after that chunk)."""
+    value = trial.intermediate_values.get(fidelity_chunks(tokens, seq_len) - 1)
+    return float("inf") if value is None else float(value)
+
+
+@dataclass
+class Evolution:
+    """The proposer: when the queue is empty, enqueue the next stage of the current generation."""
+
+    offspring: int = 8
+    levels: int = 4
+    wait_s: float = 600.0
+    poll_s: float = 1.0
+
+    def __call__(self, study: optuna.Study, spec: StudySpec, bench: Workbench, now: Counts) -> int:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            open_slots = spec.n_trials - (now.finished + now.running + now.waiting)
+            if open_slots <= 0 or now.waiting:
+                return 0
+            if not now.running:  # a barrier: decide only on every result so far
+                return self.propose(study, spec, bench, open_slots)
+            if time.monotonic() > deadline:
+                log.warning("evolve: waited %.0f s for running trials of %s; the sampler proposes instead",
+                            self.wait_s, study.study_name)
+                return 0
+            time.sleep(self.poll_s)
+            now = counts(study)
+
+    def propose(self, study: optuna.Study, spec: StudySpec, bench: Workbench, open_slots: int) -> int:
+        space = bench.space(spec)
+        levels = LevelSpace.of(space, self.levels)
+        seq_len = bench.evaluator(spec.model_id, spec.dataset, spec.split, spec.eval_tokens).seq_len
+        live = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+        starts = [t for t in live if t.state == TrialState.COMPLETE and str(t.user_attrs.get("source", "")).startswith(
+            ("baseline:", PARENT_SOURCE))]
+        if not starts:
+            start = uniform(bench.session(spec.model_id), spec.budget, spec.operators).allocation
+            enqueue_exact(study, space, start, {"source": PARENT_SOURCE})
+            return 1
+        parent = min(starts, key=lambda t: (float(t.value), t.number))  # type: ignore[arg-type]
+        batch = self.next_batch(live, parent, levels, spec, seq_len)
+        stages = fidelities(spec.eval_tokens, seq_len)
+        for pruned in batch.configs[:open_slots]:
+            enqueue_exact(study, space, levels.allocation(pruned), {
+                "source": SOURCE, GENERATION_ATTR: batch.generation, STAGE_ATTR: batch.stage,
+                FIDELITY_ATTR: stages[batch.stage], "parent": batch.parent.number})
+        study.set_user_attr(STUDY_ATTR, {
+            "generation": batch.generation, "stage": batch.stage, "parent": batch.parent.number,
+            "parent_value": batch.parent.value, "fidelities": stages,
+            "survivors": survivors(self.offspring, len(stages)), "step_weights": levels.step})
+        return min(len(batch.configs), open_slots)
+
+    def next_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: LevelSpace, spec: StudySpec,
+                   seq_len: int) -> Batch:
+        """Replay the generations measured so far from ``parent`` on; the stage to measure next."""
+        stages = fidelities(spec.eval_tokens, seq_len)
+        keep = survivors(self.offspring, len(stages))
+        by_stage: dict[tuple[int, int], list[FrozenTrial]] = {}
+        for trial in live:
+            if trial.user_attrs.get("source") == SOURCE:
+                key = (int(trial.user_attrs[GENERATION_ATTR]), int(trial.user_attrs[STAGE_ATTR]))
+                by_stage.setdefault(key, []).append(trial)
+        seen = {levels.read(config_from_dict(t.user_attrs["config"])).tobytes()
+                for t in live if "config" in t.user_attrs}
+        generation = 0
+        while True:
+            if (generation, 0) not in by_stage:
+                return Batch(generation, 0, self.offspring_of(parent, levels, spec.seed, generation, seen), parent)
+            finals: list[FrozenTrial] = []
+            for stage in range(len(stages)):
+                measured = by_stage.get((generation, stage))
+                if measured is None:
+                    ahead = self.ahead_of_parent(by_stage[(generation, stage - 1)], parent,
+                                                 stages[stage - 1], seq_len)[: keep[stage]]
+                    if not ahead:
+                        break  # no offspring beat the parent: the generation ends here
+                    configs = [levels.read(config_from_dict(t.user_attrs["config"])) for t in ahead]
+                    return Batch(generation, stage, configs, parent)
+                if stage == len(stages) - 1:
+                    finals = [t for t in measured if t.state == TrialState.COMPLETE and t.value is not None]
+            # Ties keep the parent (listed first; min keeps the first of equal keys).
+            parent = min([parent, *finals], key=lambda t: float(t.value))  # type: ignore[arg-type]
+            generation += 1
+
+    @staticmethod
+    def ahead_of_parent(trials: list[FrozenTrial], parent: FrozenTrial, tokens: int, seq_len: int) -> list[FrozenTrial]:
+        """The offspring that beat the parent on the first ``tokens`` tokens, best first."""
+        bar = _score_at(parent, tokens, seq_len)
+        scored = sorted((_score_at(t, tokens, seq_len), t.number, t) for t in trials)
+        return [t for score, _, t in scored if score < bar]
+
+    def offspring_of(self, parent: FrozenTrial, levels: LevelSpace, seed: int, generation: int,
+                     seen: set[bytes]) -> list[np.ndarray]:
+        """``offspring`` distinct mutants of ``parent`` never measured before, drawn from (seed, generation)."""
+        rng = np.random.default_rng([seed, generation])
+        base = levels.read(config_from_dict(parent.user_attrs["config"]))
+        out: list[np.ndarray] = []
+        for _ in range(50 * self.offspring):
+            child = levels.mutate(base, rng)
+            if child.tobytes() not in seen:
+                seen.add(child.tobytes())
+                out.append(child)
+                if len(out) == self.offspring:
+                    break
+        return out
+
+
+@dataclass(frozen=True)
+class EvolveStrategy:
+    """The evolution enqueues every trial; TPE proposes only if it waited too long for other workers."""
+
+    def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+        return tpe_sampler(spec, worker_index)
+
+    def proposer(self) -> Evolution:
+        return Evolution()
+
+
+STRATEGY = EvolveStrategy()
