@@ -49,13 +49,23 @@ def worker_id() -> str:
 def measure_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: Workbench) -> TrialState:
     """Measure ``trial`` and tell its result; the state it ends in (FAIL if the reaper took it meanwhile).
 
-    An error that is not the database's fails the trial and is raised.
+    A trial finished by someone else while it was measured (the reaper, when this process's heartbeats
+    starved on a crowded machine) is given up: its state is returned and the worker goes on with the
+    next trial, as the reaper re-queued a copy. Any other error that is not the database's fails the
+    trial and is raised.
     """
     interval = rdb_of(study).heartbeat_interval
     assert interval is not None
     with Heartbeat(study, trial_id(trial), interval):
         try:
             return _measure(study, trial, spec, bench)
+        except UpdateFinishedTrialError:
+            state = trial_state(study, trial)
+            if not state.is_finished():
+                raise
+            log.warning("trial %d of %s was finished (%s) by another process while measured; giving it up",
+                        trial.number, study.study_name, state.name)
+            return state
         except Exception as exc:
             if not is_transient(exc):
                 tell_once(study, trial, TrialState.FAIL)

@@ -52,3 +52,25 @@ def test_only_candidates_that_survive_the_plain_kl_pay_for_the_distillation(tmp_
     assert recovered["steps"] == 2 and recovered["seconds"] > 0
     assert seed.intermediate_values[1] == seed.user_attrs["kl"]  # the streamed values are plain KL
     assert seed.value == recovered["kl"] != seed.user_attrs["kl"]  # the objective is the KL after distillation
+
+
+def test_a_trial_the_reaper_finished_mid_measurement_is_given_up_and_the_worker_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starved heartbeats on a crowded machine let the reaper fail a trial that is still being measured;
+    its next report raises UpdateFinishedTrialError. The worker must not crash on it."""
+    report = optuna.trial.Trial.report
+    reaped: list[int] = []
+
+    def reaped_once(self: optuna.trial.Trial, value: float, step: int) -> None:
+        if not reaped:
+            reaped.append(self.number)
+            self.storage.set_trial_state_values(self._trial_id, TrialState.FAIL)  # what the reaper does
+        report(self, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", reaped_once)
+    spec = StudySpec(**SPEC | {"n_trials": 3, "eval_tokens": 512, "strategy": "random", "baselines": ["uniform"]})
+    url = sqlite_url(tmp_path)
+    run_search(spec, storage_url=url, study_name="reaped")
+    states = [t.state for t in trials(url, "reaped")]
+    assert reaped == [0] and states[0] == TrialState.FAIL
+    assert states.count(TrialState.COMPLETE) >= 2  # the worker went on measuring
