@@ -244,14 +244,15 @@ class LevelDatabase:
             if not db._intact(name):
                 manifest["layers"].pop(name, None)
                 tensors: dict[str, Tensor] = {}
+                dense, gram = session.dense_weight(name), stats.gram(name)  # read once per layer, not per level
                 for level, params in levels[name].items():
-                    for part, tensor in op.encode(session._dense[name], stats.gram(name), params).items():
+                    for part, tensor in op.encode(dense, gram, params).items():
                         tensors[f"{level}.{part}"] = narrowest_exact(tensor.detach().cpu()).contiguous()
                 file = db._file(name)
                 tmp = file.with_name(f".{file.name}.{time.monotonic_ns()}.tmp")
                 save_file(tensors, str(tmp), metadata={"layer": name})
                 tmp.replace(file)
-                del tensors
+                del tensors, dense, gram
                 manifest["layers"][name] = {
                     "levels": {str(level): params for level, params in levels[name].items()},
                     "bytes": file.stat().st_size,
@@ -377,13 +378,8 @@ class LevelDatabase:
             return time.perf_counter() - start
         self._check_identity(self.manifest, _identity(target), self.directory)
         target.restore(keep=set(levels))
-        with torch.no_grad():
-            for name, level in levels.items():
-                target.modules[name].weight.copy_(self._stored_weight(name, level))
-                # ModelSession has no public "weight written from outside" hook yet: mark the layer
-                # applied so restore()/dense() put the dense weight back.
-                target._pruned.pop(name, None)
-                target._applied.add(name)
+        for name, level in levels.items():
+            target.overwrite(name, self._stored_weight(name, level))
         return time.perf_counter() - start
 
     def disk_bytes(self) -> int:
