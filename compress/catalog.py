@@ -155,7 +155,7 @@ def _load_dir(path: Path, kind: ModelKind | None = None,
     if (path / "slimscout_manifest.json").is_file():  # written by `slimscout apply`: may hold factored layers
         from compress.checkpoint import load_compressed
 
-        model = load_compressed(path).to(dtype)
+        model = load_compressed(path, dtype=dtype)
     else:
         model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust,
                                        dtype=dtype, low_cpu_mem_usage=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slimscout.commands._common import budget_float, note, positive_int, print_json
+from slimscout.commands._common import add_model_options, budget_float, note, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")
     parser.add_argument("--tokens", type=positive_int, default=512, help="tokens per sensitivity measurement")
     parser.add_argument("--out", required=True, help="where to write the config document")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     operators = [op.strip() for op in args.operator.split(",") if op.strip()]
     check_operators(operators)
     note(f"loading {args.model} …")
-    session = ModelSession.open(args.model)
+    session = ModelSession.open(args.model, device=args.device, dtype=args.model_dtype)
     kwargs = {"tokens": args.tokens} if args.method == "sensitivity" else {}
     result = build_baseline(args.method, session, args.budget, operators, **kwargs)
     result.config.save(args.out)
