@@ -4,8 +4,10 @@ Quality is meaningless (random weights); memory is real. The model (hidden 2048,
 16 layers, 32 heads, 8 KV heads, vocab 128256, tied embeddings: 1.24 B parameters, 2.47 GB in
 bfloat16) is made locally once and saved as safetensors with a stand-in tokenizer (MiniLM's; its
 ids fit the vocabulary). Each phase then runs as the CLI in a process of its own, and its peak
-resident set (``ru_maxrss`` from ``wait4``, which counts file-backed pages too) is compared with
-the model's own bytes:
+resident set is compared with the model's own bytes. The peak is the kernel's high-water mark of
+the process's resident set (``VmHWM``, file-backed pages included), read as it runs; ``ru_maxrss``
+from ``wait4`` is recorded too. The driver itself never imports torch (the model is made in a
+process of its own): a child's ``ru_maxrss`` starts from its parent's resident set at fork.
 
 - ``load``: load the model in bfloat16 and exit (the floor: the model plus Python, torch, transformers);
 - ``leveldb``: ``slimscout leveldb --operator sparsegpt`` (calibration block by block, then every
@@ -58,10 +60,11 @@ def make_model(directory: Path) -> int:
     return count_params(skeleton) * 2
 
 
-def _rss_kib(pid: int) -> int:
+def _hwm_kib(pid: int) -> int:
+    """The process's peak resident set so far (0 once it has exited)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -82,9 +85,9 @@ def run_phase(name: str, argv: list[str], env: dict[str, str], results: dict[str
     def sample() -> None:
         last_write = 0.0
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_kib(proc.pid))
+            peak[0] = max(peak[0], _hwm_kib(proc.pid))
             if time.perf_counter() - last_write > 30:  # a killed run still leaves its peak so far
-                row.update(sampled_peak_rss_bytes=peak[0] * 1024, seconds=round(time.perf_counter() - started, 1))
+                row.update(hwm_rss_bytes=peak[0] * 1024, seconds=round(time.perf_counter() - started, 1))
                 _write(results)
                 last_write = time.perf_counter()
             done.wait(0.5)
@@ -95,8 +98,8 @@ def run_phase(name: str, argv: list[str], env: dict[str, str], results: dict[str
     done.set()
     sampler.join()
     code = os.waitstatus_to_exitcode(status)
-    row.update(returncode=code, seconds=round(time.perf_counter() - started, 1), peak_rss_bytes=usage.ru_maxrss * 1024,
-               sampled_peak_rss_bytes=peak[0] * 1024, status="done" if code == 0 else "failed")
+    row.update(returncode=code, seconds=round(time.perf_counter() - started, 1), ru_maxrss_bytes=usage.ru_maxrss * 1024,
+               hwm_rss_bytes=peak[0] * 1024, status="done" if code == 0 else "failed")
     text = out.read_text()
     try:
         row["output"] = json.loads(text)
@@ -114,8 +117,9 @@ def _write(results: dict[str, Any]) -> None:
                              **{k: v for k, v in results["phases"].items() if k in results["own"]}}
     model_bytes = results["model_bytes"]
     for row in results["phases"].values():
-        peak = row.get("peak_rss_bytes") or row.get("sampled_peak_rss_bytes")
+        peak = max(row.get("ru_maxrss_bytes", 0), row.get("hwm_rss_bytes", 0))
         if peak:
+            row["peak_rss_bytes"] = peak
             row["peak_over_model_bytes"] = round(peak / model_bytes, 3)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({k: v for k, v in results.items() if k != "own"}, indent=2))
@@ -123,6 +127,7 @@ def _write(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # the model-making child
     parser.add_argument("--phases", nargs="+", default=["load", "leveldb", "evaluate"],
                         choices=["load", "leveldb", "evaluate"])
     parser.add_argument("--levels", type=int, default=0, help="sparsegpt levels either side of keep 0.5")
@@ -132,8 +137,15 @@ def main() -> None:
                         help="model and cache directory (kept between runs)")
     args = parser.parse_args()
     model_dir, cache = args.work / "model", args.work / "cache"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model_bytes = make_model(model_dir)
+    config = args.work / "magnitude-50.json"
+    if args.prepare:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        print(make_model(model_dir))
+        _write_config(model_dir, config)
+        return
+    prepared = subprocess.run([sys.executable, "-m", "bench.memory_1b", "--prepare", "--work", str(args.work)],
+                              check=True, capture_output=True, text=True)
+    model_bytes = int(prepared.stdout.split()[-1])
     results: dict[str, Any] = {
         "model": "random LlamaForCausalLM, Llama-3.2-1B shape", "shape": SHAPE, "dtype": "bfloat16",
         "model_bytes": model_bytes, "target": "peak RSS <= 1.5 x model_bytes",
@@ -142,9 +154,6 @@ def main() -> None:
     env = {**os.environ, "SLIMSCOUT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "slimscout.cli"]
     model_opts = ["--model", str(model_dir), "--dtype", "bfloat16"]
-    config = args.work / "magnitude-50.json"
-    if "evaluate" in args.phases:
-        _write_config(model_dir, config)
     phases = {
         "load": [sys.executable, "-c", f"from compress.catalog import load_model; "
                                        f"load_model({str(model_dir)!r}, dtype='bfloat16')"],

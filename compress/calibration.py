@@ -35,6 +35,7 @@ from compress.layers import LinearLayer, block_prefix
 
 BlockGrams = Callable[[dict[str, torch.Tensor]], None]  # one block's Grams (leader -> float32, on CPU)
 INDEX = "index.json"
+_GRAM_BAND = 2048  # rows of a Gram updated at once
 
 
 class GramFiles(Mapping[str, torch.Tensor]):
@@ -202,12 +203,13 @@ def collect_stats(
             seen_inputs[key] = (x, name)
             leader[name] = name
             flat = x.reshape(-1, x.shape[-1]).float()
-            update = flat.T @ flat  # one chunk in float32 (fast), the running sum in float64
             gram = grams.get(name)
             if gram is None:
-                grams[name] = update.double()
-            else:
-                gram.add_(update)
+                gram = grams[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64, device=x.device)
+            # one chunk in float32 (fast), the running sum in float64; a band of rows at a time, so
+            # the float32 product is never a whole [in, in] matrix (8192 inputs: 0.25 GB)
+            for lo in range(0, flat.shape[1], _GRAM_BAND):
+                gram[lo : lo + _GRAM_BAND].add_(flat[:, lo : lo + _GRAM_BAND].T @ flat)
 
         return hook
 
