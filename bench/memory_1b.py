@@ -112,7 +112,10 @@ def run_phase(name: str, argv: list[str], env: dict[str, str], results: dict[str
 def _write(results: dict[str, Any]) -> None:
     """Write ``results``, keeping the phases another run (e.g. one in parallel) recorded in the file."""
     if OUT.is_file():
-        others = json.loads(OUT.read_text()).get("phases", {})
+        try:
+            others = json.loads(OUT.read_text()).get("phases", {})
+        except json.JSONDecodeError:  # written by a run in parallel at this very moment
+            others = {}
         results["phases"] = {**{k: v for k, v in others.items() if k not in results["own"]},
                              **{k: v for k, v in results["phases"].items() if k in results["own"]}}
     model_bytes = results["model_bytes"]
@@ -122,7 +125,9 @@ def _write(results: dict[str, Any]) -> None:
             row["peak_rss_bytes"] = peak
             row["peak_over_model_bytes"] = round(peak / model_bytes, 3)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({k: v for k, v in results.items() if k != "own"}, indent=2))
+    tmp = OUT.with_name(f".{OUT.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({k: v for k, v in results.items() if k != "own"}, indent=2))
+    tmp.replace(OUT)  # whole files only: a run in parallel reads it too
 
 
 def main() -> None:
