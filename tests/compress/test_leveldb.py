@@ -38,8 +38,8 @@ def test_applied_from_the_database_is_bit_identical_to_the_operator(session: Mod
     stats = session.stats()
     for name, level in levels.items():
         layer = session.by_name[name]
-        expected = sparsegpt(session.dense_weight(name), stats.gram(name), sparsity=db.manifest["layers"][name]["levels"][
-            str(level)]["sparsity"])
+        sparsity = db.manifest["layers"][name]["levels"][str(level)]["sparsity"]
+        expected = sparsegpt(session.dense_weight(name), stats.gram(name), sparsity=sparsity)
         assert torch.equal(session.modules[name].weight, expected), name
         zeros = (session.modules[name].weight == 0).sum(dim=1)
         step = GRID.resolved_step(session.layers) // layer.out_features
