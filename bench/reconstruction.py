@@ -54,7 +54,7 @@ def _measure_weights(session: ModelSession, evaluator: Any, make: Make) -> dict[
     start = time.perf_counter()
     with torch.no_grad():
         for name, module in session.modules.items():
-            module.weight.copy_(make(name, session._dense[name], stats.gram(name)))
+            module.weight.copy_(make(name, session.dense_weight(name), stats.gram(name)))
             session._applied.add(name)
     compress_s = time.perf_counter() - start
     metrics = evaluator.evaluate()

@@ -88,12 +88,12 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
     probe = names[0]
     if operator == "sparsegpt":
         params = db.manifest["layers"][probe]["levels"]["1"]
-        direct = sparsegpt(session._dense[probe], stats.gram(probe), sparsity=params["sparsity"])
+        direct = sparsegpt(session.dense_weight(probe), stats.gram(probe), sparsity=params["sparsity"])
         identical = bool(torch.equal(db.weight(probe, 1), direct))
     else:
         bits = max(db.levels(probe))
         params = db.manifest["layers"][probe]["levels"][str(bits)]
-        direct = gptq(session._dense[probe], stats.gram(probe), bits=bits, group_size=params["group_size"]).weight
+        direct = gptq(session.dense_weight(probe), stats.gram(probe), bits=bits, group_size=params["group_size"]).weight
         identical = bool(torch.equal(db.weight(probe, bits), direct))
     record_row(out, {
         "name": name, "operator": operator, "grid": grid.spec(), "layers": len(names),

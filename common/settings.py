@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Dtypes a model may be loaded in (compress.device maps them to torch dtypes).
+ModelDtype = Literal["float32", "bfloat16"]
 
 
 class Settings(BaseSettings):
@@ -32,6 +36,12 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = 30.0
     keep_alive_timeout_s: int = 5
     heartbeat_interval_s: int = 10
+    # Where a worker (the service's, or `search --workers N`) loads models, and in which dtype.
+    device: str = "cpu"
+    dtype: ModelDtype = "float32"
+    # A model whose linear weights take more bytes than this keeps its dense-weight copies and
+    # calibration Grams on disk, read one layer at a time, instead of in memory.
+    in_memory_caches_max_bytes: int = 1 << 30
 
 
 @lru_cache(maxsize=1)

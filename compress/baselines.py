@@ -81,7 +81,7 @@ def owl_outlier_ratios(session: ModelSession, m: float = 5.0) -> dict[int, float
     ratios = {}
     for block, names in sorted(by_block.items()):
         scores = [session.score("wanda", name).flatten() for name in names]
-        flat = np.concatenate([s.numpy() for s in scores])
+        flat = np.concatenate([s.float().cpu().numpy() for s in scores])
         ratios[block] = float((flat > m * flat.mean()).mean())
     return ratios
 

@@ -3,6 +3,8 @@
 Ids: catalog names (``smollm2-135m``, ``minilm-l6``, ``tiny-llama``, ``tiny-bert``), a local
 directory in Hugging Face format, or a hub id (``org/name``) where a hub is reachable.
 Weights load from safetensors only; ``trust_remote_code`` stays off unless enabled in settings.
+A model loads in the dtype asked for (float32 or bfloat16; ``low_cpu_mem_usage``, so one copy of
+the weights at most) and is then moved to the device asked for.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 from common.errors import ModelNotFoundError
 from common.settings import get_settings
 from compress.catalog_entries import CATALOG, CatalogEntry, ModelKind
+from compress.device import model_device, resolve_device, resolve_dtype
 from compress.model_dir import check_model_dir
 
 __all__ = ["CATALOG", "CatalogEntry", "LoadedModel", "ModelKind", "load_model"]
@@ -42,6 +45,15 @@ class LoadedModel:
     tokenizer: Any
     fingerprint: str
     load_seconds: float
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        param = next(self.model.parameters(), None)
+        return param.dtype if param is not None else torch.float32
 
 
 def _package_dir(package: str) -> Path:
@@ -133,7 +145,8 @@ def _kind_of_config(path: Path) -> ModelKind:
     return "encoder"
 
 
-def _load_dir(path: Path, kind: ModelKind | None = None) -> tuple[nn.Module, Any, ModelKind]:
+def _load_dir(path: Path, kind: ModelKind | None = None,
+              dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any, ModelKind]:
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     trust = get_settings().trust_remote_code
@@ -142,10 +155,10 @@ def _load_dir(path: Path, kind: ModelKind | None = None) -> tuple[nn.Module, Any
     if (path / "slimscout_manifest.json").is_file():  # written by `slimscout apply`: may hold factored layers
         from compress.checkpoint import load_compressed
 
-        model = load_compressed(path)
+        model = load_compressed(path, dtype=dtype)
     else:
         model = loader.from_pretrained(path, use_safetensors=True, trust_remote_code=trust,
-                                       dtype=torch.float32)
+                                       dtype=dtype, low_cpu_mem_usage=True)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     return model, tokenizer, kind
 
@@ -160,7 +173,7 @@ def _hub_reachable(timeout: float) -> bool:
         return False
 
 
-def _load_hub(model_id: str) -> tuple[nn.Module, Any, ModelKind, str]:
+def _load_hub(model_id: str, dtype: torch.dtype) -> tuple[nn.Module, Any, ModelKind, str]:
     settings = get_settings()
     if not _hub_reachable(settings.hub_timeout_s):
         raise ModelNotFoundError(
@@ -170,7 +183,7 @@ def _load_hub(model_id: str) -> tuple[nn.Module, Any, ModelKind, str]:
 
     local = Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
     check_model_dir(local, trust_remote_code=settings.trust_remote_code)
-    model, tokenizer, kind = _load_dir(local)
+    model, tokenizer, kind = _load_dir(local, dtype=dtype)
     return model, tokenizer, kind, _hash_files(list(local.glob("*.safetensors")), model_id)
 
 
@@ -188,33 +201,42 @@ def resolve_local_path(model_id: str) -> Path | None:
     return None
 
 
-def load_model(model_id: str) -> LoadedModel:
-    """Load a model by id. Raises ModelNotFoundError / UnsafeCheckpointError with a one-line message."""
+def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a model by id onto ``device`` in ``dtype`` (float32 or bfloat16).
+
+    Raises ModelNotFoundError / UnsafeCheckpointError / ConfigError (device, dtype) with a one-line message.
+    """
     from transformers.utils import logging as hf_logging
+
+    target, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # refused before the slow load
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
     builders: dict[str, Callable[[], tuple[nn.Module, Any]]] = {"tiny-llama": _tiny_llama, "tiny-bert": _tiny_bert}
     if model_id in builders:
         model, tokenizer = builders[model_id]()
+        model = model.to(torch_dtype)
         kind = CATALOG[model_id].kind
         description = model.config.to_json_string()  # type: ignore[operator,union-attr]
         fingerprint = hashlib.sha256(f"{model_id}-seed0-{description}".encode()).hexdigest()[:16]
     elif model_id in ("smollm2-135m", "minilm-l6"):
         path = _smollm2_dir() if model_id == "smollm2-135m" else _minilm_dir()
-        model, tokenizer, kind = _load_dir(path, CATALOG[model_id].kind)
+        model, tokenizer, kind = _load_dir(path, CATALOG[model_id].kind, torch_dtype)
         fingerprint = _hash_files(list(path.glob("*.safetensors")), model_id)
     elif (path_or_none := resolve_local_path(model_id)) is not None:
         check_model_dir(path_or_none, trust_remote_code=get_settings().trust_remote_code)
-        model, tokenizer, kind = _load_dir(path_or_none)
+        model, tokenizer, kind = _load_dir(path_or_none, dtype=torch_dtype)
         # An export's manifest changes with every `slimscout apply`, so caches keyed on it never go stale.
         hashed = [*path_or_none.glob("*.safetensors"), *path_or_none.glob("slimscout_manifest.json")]
         fingerprint = _hash_files(hashed, str(path_or_none))
     elif "/" in model_id and ".." not in model_id and model_id.count("/") == 1:
-        model, tokenizer, kind, fingerprint = _load_hub(model_id)
+        model, tokenizer, kind, fingerprint = _load_hub(model_id, torch_dtype)
     else:
         known = ", ".join(CATALOG)
         raise ModelNotFoundError(f"unknown model id {model_id!r} (catalog: {known}; or a local directory or hub id)")
+    if torch_dtype != torch.float32:  # another dtype computes other numbers: caches keyed on it must differ
+        fingerprint = hashlib.sha256(f"{fingerprint}-{dtype}".encode()).hexdigest()[:16]
+    model.to(target)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

@@ -46,6 +46,12 @@ def projection_type(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def block_prefix(name: str) -> str | None:
+    """The name of the numbered block module ``name`` sits in (``model.layers.3``), or None."""
+    match = _BLOCK.search(name)
+    return None if match is None else name[: match.end() - 1].lstrip(".")
+
+
 def linear_layers(model: nn.Module) -> list[LinearLayer]:
     """Every nn.Linear inside a numbered block, in module order."""
     found = []

@@ -244,14 +244,15 @@ class LevelDatabase:
             if not db._intact(name):
                 manifest["layers"].pop(name, None)
                 tensors: dict[str, Tensor] = {}
+                dense, gram = session.dense_weight(name), stats.gram(name)  # read once per layer, not per level
                 for level, params in levels[name].items():
-                    for part, tensor in op.encode(session._dense[name], stats.gram(name), params).items():
+                    for part, tensor in op.encode(dense, gram, params).items():
                         tensors[f"{level}.{part}"] = narrowest_exact(tensor.detach().cpu()).contiguous()
                 file = db._file(name)
                 tmp = file.with_name(f".{file.name}.{time.monotonic_ns()}.tmp")
                 save_file(tensors, str(tmp), metadata={"layer": name})
                 tmp.replace(file)
-                del tensors
+                del tensors, dense, gram
                 manifest["layers"][name] = {
                     "levels": {str(level): params for level, params in levels[name].items()},
                     "bytes": file.stat().st_size,

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compress.catalog import LoadedModel
+from compress.device import model_device
 
 DEFAULT_SEQ_LEN = 512
 ENCODER_SEQ_LEN = 128
@@ -87,7 +88,7 @@ class Evaluator:
     def _cache_path(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        digest = hashlib.sha256(self.tokens.numpy().tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(self.tokens.cpu().numpy().tobytes()).hexdigest()[:16]
         name = f"ref-{self.loaded.fingerprint}-{digest}-{self.seq_len}-{self.kl_topk}.safetensors"
         return self.cache_dir / "reference" / name
 
@@ -104,13 +105,14 @@ class Evaluator:
         for i, chunk in enumerate(self.chunks):
             if self.kind == "causal-lm":
                 logp = self._causal_logp(self.loaded.model, chunk)
-                target = chunk[1:]
-                ref.nll[i] = -logp.gather(1, target[:, None]).sum().double()
+                target = chunk[1:].to(logp.device)
+                ref.nll[i] = -logp.gather(1, target[:, None]).sum().double().cpu()
                 ref.count[i] = target.numel()
                 k = min(self.kl_topk, logp.shape[-1])
                 values, index = logp.topk(k, dim=-1)
-                ref.topk_logp.append(values.float())
-                ref.topk_index.append(index.int())
+                ref.topk_logp.append(values.float().cpu())
+                ref.topk_index.append(index.int().cpu())
+                del logp, values, index
             else:
                 ref.embeddings.append(self._embed(self.loaded.model, chunk))
                 ref.count[i] = 1
@@ -147,16 +149,18 @@ class Evaluator:
     @staticmethod
     @torch.inference_mode()
     def _causal_logp(model: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
-        logits = model(input_ids=chunk[None, :-1]).logits[0]
-        return F.log_softmax(logits.float(), dim=-1)
+        logits = model(input_ids=chunk[None, :-1].to(model_device(model))).logits[0].float()
+        # log-softmax in place: with a 128k vocabulary each [T, V] float32 copy is ~0.25 GB per 512 tokens
+        return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
     def _embed(self, model: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
         """Mean-pooled, unit-norm embedding of each window of the chunk (one window per chunk)."""
         tok = self.loaded.tokenizer
-        ids = torch.cat([torch.tensor([tok.cls_token_id]), chunk, torch.tensor([tok.sep_token_id])])[None]
+        ids = torch.cat([torch.tensor([tok.cls_token_id]), chunk.cpu(), torch.tensor([tok.sep_token_id])])[None]
+        ids = ids.to(model_device(model))
         with torch.inference_mode():
             hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-        return F.normalize(hidden.mean(dim=1).float(), dim=-1)
+        return F.normalize(hidden.mean(dim=1).float(), dim=-1).cpu()
 
     # -- measurement -------------------------------------------------------------------------
     def stream(self, model: nn.Module | None = None) -> Iterator[Metrics]:
@@ -169,9 +173,11 @@ class Evaluator:
         for i, chunk in enumerate(self.chunks):
             if self.kind == "causal-lm":
                 logq = self._causal_logp(model, chunk)
-                target = chunk[1:]
+                target = chunk[1:].to(logq.device)
                 nll += float(-logq.gather(1, target[:, None]).sum())
-                kl += float(_bucketed_kl(ref.topk_logp[i], ref.topk_index[i].long(), logq).sum())
+                ref_logp, ref_index = ref.topk_logp[i].to(logq.device), ref.topk_index[i].to(logq.device).long()
+                kl += float(_bucketed_kl(ref_logp, ref_index, logq).sum())
+                del logq
                 count += target.numel()
                 yield Metrics(
                     count, time.perf_counter() - start, ppl=math.exp(nll / count), nll=nll / count, kl=kl / count

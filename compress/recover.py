@@ -335,7 +335,7 @@ class _Run:
         return record, better
 
     def train_step(self) -> float:
-        ids = self.sampler.next()
+        ids = self.sampler.next().to(self.session.device)
         loss = distillation_loss(self.student, self.session.model, ids, causal=self.causal,
                                  hidden_weight=self.settings.hidden_weight)
         self.optimizer.zero_grad(set_to_none=True)

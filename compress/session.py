@@ -6,6 +6,12 @@ trials, processes and restarts: calibration Gram matrices, SVD factors (per low-
 per-row score orders (per score-based sparsity method). Applying a config is then a few small
 matmuls and masks per layer; restoring copies the dense weights back, bit for bit.
 
+Memory: a model whose linear weights exceed ``settings.in_memory_caches_max_bytes`` runs "low
+memory": the dense copies of overwritten layers go to scratch files, the Grams are read from disk
+one layer at a time, and sparsity masks are computed per layer when applied instead of from the
+ranks cache (which would be another model-sized tensor set). The model may be bfloat16; the
+maths runs in float32 (``dense_weight``), and every cache follows the model's device.
+
 Every operator is reached through its handler (``compress.operators``, named by
 ``compress.registry``): the session owns the caches and the order of the stages (low rank,
 sparsity, quantization), the handlers own the maths. The session is the handlers'
@@ -15,7 +21,6 @@ sparsity, quantization), the handlers own the maths. The session is the handlers
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -31,11 +36,12 @@ from torch import nn
 from common.errors import ConfigError
 from common.settings import get_settings
 from compress.accounting import LayerCost, model_cost
-from compress.calibration import CalibrationStats, collect_stats
+from compress.calibration import CalibrationStats
 from compress.catalog import LoadedModel, load_model
 from compress.config import CompressionConfig, LayerConfig
 from compress.corpora import DEFAULT_DATASET
 from compress.data import Split, token_stream
+from compress.dense_copies import DenseCopies
 from compress.layers import LinearLayer, count_params, linear_layers
 from compress.measure import Evaluator
 from compress.operators import lowrank_handler, quant_handler, score_handler, sparsity_handler
@@ -64,9 +70,9 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     tmp.replace(path)
 
 
-def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _load(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as fh:
-        return {key: fh.get_tensor(key) for key in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
+        return {key: fh.get_tensor(key).to(device) for key in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
 
 
 class ModelSession:
@@ -77,15 +83,21 @@ class ModelSession:
         cache_dir: Path | None = None,
         calibration_dataset: str = DEFAULT_DATASET,
         calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
+        low_memory: bool | None = None,
     ) -> None:
+        """``low_memory=None`` decides by the model's size (see the module's docstring)."""
         self.loaded = loaded
         self.model: nn.Module = loaded.model
-        self.cache_root = cache_dir or get_settings().cache_dir
+        self.device = loaded.device
+        settings = get_settings()
+        self.cache_root = cache_dir or settings.cache_dir
         self.layers: list[LinearLayer] = linear_layers(self.model)
         self.by_name = {layer.name: layer for layer in self.layers}
         modules = dict(self.model.named_modules())
         self.modules: dict[str, nn.Linear] = {layer.name: modules[layer.name] for layer in self.layers}
-        self._dense = {name: module.weight.detach().clone() for name, module in self.modules.items()}
+        linear_bytes = sum(module.weight.nbytes for module in self.modules.values())
+        self.low_memory = linear_bytes > settings.in_memory_caches_max_bytes if low_memory is None else low_memory
+        self._dense = DenseCopies(self.modules, spill_root=self.cache_root / "scratch" if self.low_memory else None)
         self.calibration_dataset = calibration_dataset
         self.calibration_tokens = calibration_tokens
         self._calib_ids: torch.Tensor | None = None
@@ -105,8 +117,8 @@ class ModelSession:
         self.params_linear = sum(layer.params for layer in self.layers)
 
     @classmethod
-    def open(cls, model_id: str, **kwargs: object) -> ModelSession:
-        return cls(load_model(model_id), **kwargs)  # type: ignore[arg-type]
+    def open(cls, model_id: str, *, device: str = "cpu", dtype: str = "float32", **kwargs: object) -> ModelSession:
+        return cls(load_model(model_id, device=device, dtype=dtype), **kwargs)  # type: ignore[arg-type]
 
     # -- caches ------------------------------------------------------------------------------
     def _calibration_ids(self) -> torch.Tensor:
@@ -123,33 +135,24 @@ class ModelSession:
     def stats(self) -> CalibrationStats:
         if self._stats is not None:
             return self._stats
-        path = self.cache_dir / "grams.safetensors"
-        if path.is_file():
-            start = time.perf_counter()
-            tensors, meta = _load(path)
-            self._stats = CalibrationStats(
-                tensors, json.loads(meta["leader"]), int(meta["n_tokens"]), float(meta["seconds"])
-            )
+        directory = self.cache_dir / "grams"
+        start = time.perf_counter()
+        stats = CalibrationStats.load(directory, keep_in_memory=not self.low_memory, device=self.device)
+        if stats is not None:
             self.timings.load_s += time.perf_counter() - start
-            return self._stats
+            self._stats = stats
+            return stats
         with self.dense():
-            self._stats = collect_stats(self.model, self.layers, self._calibration_ids())
-        self.timings.calibration_s += self._stats.seconds
+            stats = CalibrationStats.collect_to(directory, self.model, self.layers, self._calibration_ids(),
+                                                keep_in_memory=not self.low_memory)
+        self.timings.calibration_s += stats.seconds
         self.timings.built.append("calibration")
-        _save(
-            path,
-            self._stats.grams,
-            {
-                "leader": json.dumps(self._stats.leader),
-                "n_tokens": str(self._stats.n_tokens),
-                "seconds": str(self._stats.seconds),
-            },
-        )
-        return self._stats
+        self._stats = stats
+        return stats
 
     def dense_weight(self, name: str) -> torch.Tensor:
-        """Layer ``name``'s dense weight (the session's copy: do not modify it)."""
-        return self._dense[name]
+        """Layer ``name``'s dense weight, float32, on the model's device (maybe the session's copy: do not modify)."""
+        return self._dense.get(name).float()
 
     def handler_cache(self, owner: str) -> dict[str, object]:
         """A per-session dict a handler keeps its own state in (e.g. a loaded level database)."""
@@ -163,7 +166,7 @@ class ModelSession:
         path = self.cache_dir / f"{method}.safetensors"
         if path.is_file():
             start = time.perf_counter()
-            tensors, _ = _load(path)
+            tensors, _ = _load(path, self.device)
             factors = {
                 name: SVDFactors(tensors[f"{name}.left"], tensors[f"{name}.right"], tensors[f"{name}.sigma"])
                 for name in self.by_name
@@ -173,7 +176,8 @@ class ModelSession:
             stats = self.stats() if handler.needs_stats else None
             start = time.perf_counter()
             factors = {
-                name: handler.factors(self._dense[name], stats.gram(name) if stats else None) for name in self.by_name
+                name: handler.factors(self.dense_weight(name), stats.gram(name) if stats else None)
+                for name in self.by_name
             }
             self.timings.svd_s += time.perf_counter() - start
             self.timings.built.append(method)
@@ -194,7 +198,7 @@ class ModelSession:
     def score(self, kind: str, name: str) -> torch.Tensor:
         """Layer ``name``'s dense weight scored by the score-based sparsity method ``kind``."""
         handler = score_handler(kind)
-        return handler.score(self._dense[name], self._input_norm(handler, name))
+        return handler.score(self.dense_weight(name), self._input_norm(handler, name))
 
     def ranks(self, kind: str) -> dict[str, torch.Tensor]:
         """Per-row rank of every weight under a sparsity score; any ratio's mask is one comparison."""
@@ -204,7 +208,7 @@ class ModelSession:
         path = self.cache_dir / f"ranks-{kind}.safetensors"
         if path.is_file():
             start = time.perf_counter()
-            ranks, _ = _load(path)
+            ranks, _ = _load(path, self.device)
             self.timings.load_s += time.perf_counter() - start
         else:
             start = time.perf_counter()
@@ -227,7 +231,8 @@ class ModelSession:
                 handler = sparsity_handler(layer_cfg.sparsity.score)
                 if handler.needs_stats:
                     self.stats()
-                if handler.ranked and layer_cfg.sparsity.pattern == "unstructured" and not layer_cfg.lowrank:
+                if (handler.ranked and layer_cfg.sparsity.pattern == "unstructured" and not layer_cfg.lowrank
+                        and not self.low_memory):
                     self.ranks(layer_cfg.sparsity.score)
                 handler.warm(self, name, layer_cfg.sparsity)
             if layer_cfg.quant:
@@ -255,9 +260,10 @@ class ModelSession:
         sparsity = cfg.sparsity
         handler = sparsity_handler(sparsity.score) if sparsity is not None else None
         if cfg.lowrank is None:
-            weight = self._dense[name]
+            weight = self.dense_weight(name)
             if sparsity is not None and handler is not None:
-                cached = self.ranks(sparsity.score)[name] if handler.ranked and sparsity.nm is None else None
+                use_ranks = handler.ranked and sparsity.nm is None and not self.low_memory
+                cached = self.ranks(sparsity.score)[name] if use_ranks else None
                 norm = self._input_norm(handler, name) if cached is None else None
                 weight = handler.sparsify(self, name, weight, sparsity, col_norm=norm, ranks=cached)
             return self._quantize(weight, cfg, name) if cfg.quant is not None else weight
@@ -302,6 +308,7 @@ class ModelSession:
             for name, cfg in config.layers.items():
                 if self.holds(name, cfg):
                     continue
+                self._dense.keep(name)
                 weight = self.modules[name].weight
                 if not self._write_masked(weight, name, cfg):
                     self._pruned.pop(name, None)
@@ -322,6 +329,7 @@ class ModelSession:
         """
         if self.holds(name, tag):
             return False
+        self._dense.keep(name)
         with torch.no_grad():
             self.modules[name].weight.copy_(weight())
         self._pruned.pop(name, None)
@@ -340,7 +348,7 @@ class ModelSession:
         sparsity = cfg.sparsity
         if cfg.lowrank is not None or cfg.quant is not None or sparsity is None or sparsity.nm is not None:
             return False
-        if not sparsity_handler(sparsity.score).ranked:
+        if not sparsity_handler(sparsity.score).ranked or self.low_memory:
             return False
         in_features = int(out.shape[1])
         cut = pruned_per_row(in_features, sparsity.ratio)
@@ -355,11 +363,11 @@ class ModelSession:
                 if cut > current[1]:
                     out.scatter_(1, index, 0.0)
                 else:
-                    out.scatter_(1, index, self._dense[name].gather(1, index))
+                    out.scatter_(1, index, self._dense.get(name).gather(1, index))
         else:
             ranks = self.ranks(sparsity.score)[name]
-            zero = torch.zeros((), dtype=out.dtype)
-            torch.where(unstructured_mask(ranks, sparsity.ratio), self._dense[name], zero, out=out)
+            zero = torch.zeros((), dtype=out.dtype, device=out.device)
+            torch.where(unstructured_mask(ranks, sparsity.ratio), self._dense.get(name), zero, out=out)
         self._pruned[name] = (sparsity.score, cut)
         return True
 
@@ -368,7 +376,7 @@ class ModelSession:
         if kind not in self._orders:
             orders = {}
             for name, ranks in self.ranks(kind).items():
-                columns = torch.arange(ranks.shape[1], dtype=ranks.dtype).expand_as(ranks)
+                columns = torch.arange(ranks.shape[1], dtype=ranks.dtype, device=ranks.device).expand_as(ranks)
                 orders[name] = torch.empty_like(ranks).scatter_(1, ranks.long(), columns)
             self._orders[kind] = orders
         return self._orders[kind]
@@ -377,7 +385,7 @@ class ModelSession:
         """Put the dense weights back (except in ``keep``, which the caller is about to overwrite)."""
         with torch.no_grad():
             for name in self._applied - (keep or set()):
-                self.modules[name].weight.copy_(self._dense[name])
+                self.modules[name].weight.copy_(self._dense.get(name))
                 self._pruned.pop(name, None)
                 self._holds.pop(name, None)
         self._applied &= keep or set()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from common.errors import BenchmarkError
+from compress.device import model_device, synchronize
 
 
 @dataclass(frozen=True)
@@ -97,23 +98,28 @@ def measure_speed(model: nn.Module, *, vocab_size: int, tokens: int = 512, batch
     causal = _is_causal(model) if causal is None else causal
     _check_lengths(model, tokens, batch, decode_tokens if causal else 0, repeats, warmup)
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab_size, (batch, tokens), generator=generator)
+    device = model_device(model)
+    ids = torch.randint(0, vocab_size, (batch, tokens), generator=generator).to(device)
     kwargs: dict[str, Any] = {"use_cache": True} if causal else {"attention_mask": torch.ones_like(ids)}
     if causal and "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = 1
 
     def prefill() -> tuple[float, float]:
+        synchronize(device)
         start, cpu = time.perf_counter(), time.process_time()
         model(input_ids=ids, **kwargs)
+        synchronize(device)  # on an accelerator the call returns before the kernels finish
         return time.perf_counter() - start, time.process_time() - cpu
 
     def decode() -> tuple[float, float]:
         out = model(input_ids=ids, **kwargs)
         cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        synchronize(device)
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(decode_tokens):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
             cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        synchronize(device)
         return time.perf_counter() - start, time.process_time() - cpu
 
     prefill_s = _timed(prefill, repeats, warmup)

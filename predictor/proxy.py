@@ -89,7 +89,7 @@ def _score(matrix: torch.Tensor, col_norm2: torch.Tensor, kind: str) -> torch.Te
 
 def _cumulative(values: torch.Tensor) -> np.ndarray:
     """[len+1]: 0, then the running sum."""
-    return np.concatenate([[0.0], np.cumsum(values.double().numpy())])
+    return np.concatenate([[0.0], np.cumsum(values.double().cpu().numpy())])
 
 
 class LayerProxy:
@@ -194,7 +194,7 @@ class LayerProxy:
         """[in+1]: pruned share of the Wanda energy when the p lowest-scored weights of every row go."""
         energy = self._dense(name).square() * self._input_norm2(name)[None, :]
         ranks = self.session.ranks(kind)[name].long()
-        by_position = torch.zeros(energy.shape[1], dtype=torch.float64).index_add_(
+        by_position = torch.zeros(energy.shape[1], dtype=torch.float64, device=energy.device).index_add_(
             0, ranks.reshape(-1), energy.reshape(-1))
         total = float(energy.sum())
         curve = _cumulative(by_position)
@@ -224,12 +224,12 @@ class LayerProxy:
             gram = self.session.stats().gram(name).double()
             sigma2 = left.square().sum(0)
             latent2 = ((right @ gram) * right).sum(1).clamp_min(0)
-            component = (sigma2 * latent2).numpy()
+            component = (sigma2 * latent2).cpu().numpy()
             total = float(component.sum())
             tail = np.concatenate([np.cumsum(component[::-1])[::-1], [0.0]])
             tail = np.clip(tail / total, 0.0, 1.0) if total > 0 else np.zeros_like(tail)
             row_energy = (right.square() * self._input_norm2(name)[None, :]).sum(1)
-            self._spectrum[key] = _Spectrum(tail, sigma2.numpy(), latent2.numpy(),
+            self._spectrum[key] = _Spectrum(tail, sigma2.cpu().numpy(), latent2.cpu().numpy(),
                                             _cumulative(sigma2 * row_energy), _cumulative(sigma2 * latent2))
         return self._spectrum[key]
 
@@ -262,7 +262,8 @@ class LayerProxy:
             cumulative = torch.nn.functional.pad(by_rank.cumsum(1), (1, 0))
             grid = np.linspace(0, layer.in_features, self.ratio_grid + 1)
             positions = np.unique(np.round(grid).astype(np.int64))
-            sampled = cumulative[:, torch.from_numpy(positions)].numpy() * spectrum.sigma2[:, None]
+            columns = torch.from_numpy(positions).to(cumulative.device)
+            sampled = cumulative[:, columns].cpu().numpy() * spectrum.sigma2[:, None]
             table = np.concatenate([np.zeros((1, positions.shape[0])), np.cumsum(sampled, axis=0)])
             self._right_table[key] = (positions.astype(np.float64), table)
         positions, table = self._right_table[key]
@@ -296,7 +297,8 @@ class LayerProxy:
             part, lat = left[:, :r], latent2[:r]
             energy = part.square() * lat[None, :]
             ranks = row_ranks(_score(part, lat, kind)).long()
-            by_rank = torch.zeros(r, dtype=torch.float64).index_add_(0, ranks.reshape(-1), energy.reshape(-1))
+            by_rank = torch.zeros(r, dtype=torch.float64, device=energy.device).index_add_(
+                0, ranks.reshape(-1), energy.reshape(-1))
             curve = _cumulative(by_rank)
             total = float(energy.sum())
             if total > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.settings import get_settings
 from compress.measure import Evaluator
 from compress.session import ModelSession
 from search.space import SearchSpace
@@ -19,7 +20,8 @@ class Workbench:
 
     def session(self, model_id: str) -> ModelSession:
         if model_id not in self.sessions:
-            self.sessions[model_id] = ModelSession.open(model_id)
+            settings = get_settings()  # SLIMSCOUT_DEVICE / SLIMSCOUT_DTYPE: where this worker runs models
+            self.sessions[model_id] = ModelSession.open(model_id, device=settings.device, dtype=settings.dtype)
         return self.sessions[model_id]
 
     def evaluator(self, model_id: str, dataset: str, split: str, tokens: int) -> Evaluator:

@@ -45,6 +45,18 @@ def test_evaluate_tiny_model_json() -> None:
     assert payload["keep_ratio"] == 1.0 and payload["kl"] == 0.0
 
 
+def test_evaluate_in_bfloat16() -> None:
+    result = slimscout("evaluate", "--model", "tiny-llama", "--tokens", "256", "--dtype", "bfloat16",
+                       "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kl"] == 0.0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_cuda_without_a_gpu_is_one_line() -> None:
+    assert_one_line_error(slimscout("evaluate", "--model", "tiny-llama", "--device", "cuda"), "no CUDA device")
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -52,6 +64,7 @@ def test_evaluate_tiny_model_json() -> None:
         (["--model", "tiny-llama", "--tokens", "0"], "at least 2"),
         (["--model", "tiny-llama", "--tokens", "10000000"], "fewer than"),
         (["--model", "tiny-llama", "--dataset", "nope"], "unknown dataset"),
+        (["--model", "tiny-llama", "--device", "tpu-ish"], "unknown device"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], needle: str) -> None:

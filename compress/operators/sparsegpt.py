@@ -58,7 +58,7 @@ class SparseGPTSparsity(SparsityHandler):
             return weight
         path = self._path(ctx, name, key)
         if path.is_file():
-            weight = load_file(str(path))["weight"]
+            weight = load_file(str(path), device=str(dense.device))["weight"]
         else:
             nm = spec.nm
             try:
@@ -68,7 +68,7 @@ class SparseGPTSparsity(SparsityHandler):
                 raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-            save_file({"weight": weight.contiguous()}, str(tmp))
+            save_file({"weight": weight.contiguous().cpu()}, str(tmp))
             tmp.replace(path)
         memo[name] = (key, weight)
         return weight

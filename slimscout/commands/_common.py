@@ -44,6 +44,17 @@ def budget_float(text: str) -> float:
     return value
 
 
+MODEL_DTYPES = ("float32", "bfloat16")  # common.settings.ModelDtype (tested to agree)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, dtype_flag: str = "--dtype") -> None:
+    """``--device`` and the model's dtype (``args.device``, ``args.model_dtype``) for a command that loads a model."""
+    parser.add_argument("--device", default="cpu",
+                        help="where the model runs: cpu (default), cuda, cuda:N or mps (refused when absent)")
+    parser.add_argument(dtype_flag, dest="model_dtype", choices=MODEL_DTYPES, default="float32",
+                        help="dtype the model is loaded and run in (default float32; bfloat16 halves its memory)")
+
+
 def print_result(payload: dict[str, Any], *, as_json: bool, width: int = 16) -> None:
     """One JSON object on stdout, or one ``key value`` line per field."""
     if as_json:

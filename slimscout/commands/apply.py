@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.registry import EXPORT_FORMATS
-from slimscout.commands._common import non_negative_int, note, print_result
+from slimscout.commands._common import add_model_options, non_negative_int, note, print_result
 
 DTYPES = ("float32", "bfloat16", "float16")  # compress.weight_files.DTYPES (tested to agree)
 
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="store layers the format cannot factor or pack (low rank, SDQ outliers) as dense "
                              "matrices; with --format slimscout, a plain transformers checkpoint")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
+    add_model_options(parser, dtype_flag="--load-dtype")  # --dtype already names the written weights' dtype
     parser.add_argument("--max-shard-size", default="2GB",
                         help="split the weights into shards of at most this size, with an index (e.g. 500MB)")
     parser.add_argument("--eval-tokens", type=non_negative_int, default=4096,
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     result = apply(model_id=args.model, config_path=args.config, out=args.out, force=args.force, merge=args.merge,
                    export_format=args.format, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                   eval_tokens=args.eval_tokens, dataset=args.dataset,
+                   eval_tokens=args.eval_tokens, dataset=args.dataset, device=args.device, load_dtype=args.model_dtype,
                    command=shlex.join(["slimscout", *sys.argv[1:]]) if sys.argv[1:2] == ["apply"] else None)
     print_result(result, as_json=args.json, width=20)
     return 0
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def apply(*, model_id: str, config_path: str, out: str, force: bool, merge: bool, export_format: str = "slimscout",
           dtype: str = "float32", max_shard_size: str = "2GB", eval_tokens: int = 0, dataset: str = "lee-news",
-          command: str | None = None) -> dict[str, Any]:
+          command: str | None = None, device: str = "cpu", load_dtype: str = "float32") -> dict[str, Any]:
     from compress.config import load_config
     from compress.export import check_target, export_compressed
     from compress.export_ct import plan_layers
@@ -61,7 +62,7 @@ def apply(*, model_id: str, config_path: str, out: str, force: bool, merge: bool
     config = load_config(config_path)  # validate before the slow load
     check_target(Path(out).expanduser().absolute(), force=force)
     note(f"loading {model_id} …")
-    session = ModelSession.open(model_id)
+    session = ModelSession.open(model_id, device=device, dtype=load_dtype)
     session.check_model(config)
     if export_format == "compressed-tensors":
         plan_layers(session.layers, config, merge=merge)  # refuse what the format cannot hold before measuring

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from compress.baseline_methods import BASELINE_METHODS
-from slimscout.commands._common import budget_float, note, positive_int, print_json
+from slimscout.commands._common import add_model_options, budget_float, note, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--tokens", type=positive_int, default=None,
                         help="tokens per sensitivity measurement (default: 512 per block, 256 per layer for additive)")
     parser.add_argument("--out", required=True, help="where to write the config document")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     operators = [op.strip() for op in args.operator.split(",") if op.strip()]
     check_operators(operators)
     note(f"loading {args.model} …")
-    session = ModelSession.open(args.model)
+    session = ModelSession.open(args.model, device=args.device, dtype=args.model_dtype)
     kwargs = {"tokens": args.tokens} if args.method in ("sensitivity", "additive") and args.tokens else {}
     result = build_baseline(args.method, session, args.budget, operators, **kwargs)
     result.config.save(args.out)

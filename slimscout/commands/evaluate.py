@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from compress.corpora import BUILTIN_DATASETS, DEFAULT_DATASET
-from slimscout.commands._common import note, print_result
+from slimscout.commands._common import add_model_options, note, print_result
 
 if TYPE_CHECKING:
     from compress.data import Split
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help=f"{', '.join(BUILTIN_DATASETS)}, a .txt/.jsonl file, or hf:NAME")
     parser.add_argument("--split", default="search", choices=["calibration", "search", "holdout"])
     parser.add_argument("--tokens", type=int, default=2048, help="evaluation tokens (default 2048)")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(handler=run)
 
@@ -31,13 +32,15 @@ def run(args: argparse.Namespace) -> int:
     if args.tokens < 2:
         raise DatasetError(f"--tokens must be at least 2, got {args.tokens}")
     result = evaluate(
-        model_id=args.model, config_path=args.config, dataset=args.dataset, split=args.split, tokens=args.tokens
+        model_id=args.model, config_path=args.config, dataset=args.dataset, split=args.split, tokens=args.tokens,
+        device=args.device, dtype=args.model_dtype,
     )
     print_result(result, as_json=args.json)
     return 0
 
 
-def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Split, tokens: int) -> dict[str, Any]:
+def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Split, tokens: int,
+             device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     from compress.config import CompressionConfig, load_config
     from compress.data import token_stream
     from compress.session import ModelSession
@@ -45,7 +48,7 @@ def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Spl
     started = time.perf_counter()
     config = load_config(config_path) if config_path else None  # validate before the slow load
     note(f"loading {model_id} …")
-    session = ModelSession.open(model_id)
+    session = ModelSession.open(model_id, device=device, dtype=dtype)
     if config is None:
         config = CompressionConfig(session.loaded.model_id)
     session.check_model(config)

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from slimscout.commands._common import non_negative_int, note, positive_int, print_result, progress
+from slimscout.commands._common import add_model_options, non_negative_int, note, positive_int, print_result, progress
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--group-size", type=positive_int, default=None,
                         help="gptq: inputs per scale (default 128 where it divides the layer, else 64)")
     parser.add_argument("--calibration-tokens", type=positive_int, default=None)
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(handler=run)
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {}
     if args.calibration_tokens:
         kwargs["calibration_tokens"] = args.calibration_tokens
-    session = ModelSession.open(args.model, **kwargs)
+    session = ModelSession.open(args.model, device=args.device, dtype=args.model_dtype, **kwargs)
     start = time.perf_counter()
     with progress(not args.json) as bar:
         task = bar.add_task(f"{args.operator} levels", total=len(session.layers), status="") if bar else None

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimscout.commands._common import non_negative_int, note, positive_int, print_result
+from slimscout.commands._common import add_model_options, non_negative_int, note, positive_int, print_result
 
 if TYPE_CHECKING:
     from compress.recover import Progress
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="continue from OUT.recover-checkpoint/ (a run refuses to start while one "
                              "exists unless this is given)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it is an earlier export")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(handler=run)
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # validate before the slow load
     check_target(Path(args.out).expanduser().absolute(), force=args.force)
     note(f"loading {args.model} …")
-    session = ModelSession.open(args.model)
+    session = ModelSession.open(args.model, device=args.device, dtype=args.model_dtype)
     session.check_model(config)
 
     def report(progress: Progress) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from compress.baseline_methods import BASELINE_METHODS
 from compress.registry import OPERATOR_NAMES
 from search.spec import GRANULARITIES, OBJECTIVES, StudySpec
 from search.strategy_registry import STRATEGY_NAMES
-from slimscout.commands._common import budget_float, note, positive_int, print_json, progress
+from slimscout.commands._common import add_model_options, budget_float, note, positive_int, print_json, progress
 
 DEFAULTS = {name: field.default for name, field in StudySpec.model_fields.items() if not field.is_required()}
 
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--study", help="study name (default: generated)")
     parser.add_argument("--workers", type=int, default=0, help="local worker processes (0: measure in-process)")
     parser.add_argument("--out", help="write the winning config document here")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -80,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     from search.runner import Progress, best_config, run_search
 
     spec = spec_of(args)
+    # Where models run is the workers' setting (in-process and spawned workers alike read it).
+    os.environ["SLIMSCOUT_DEVICE"], os.environ["SLIMSCOUT_DTYPE"] = args.device, args.model_dtype
+    get_settings.cache_clear()
     url = args.storage or get_settings().storage_url
     name = args.study or f"search-{args.model.replace('/', '_')}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
     with progress() as bar:

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from slimscout.commands._common import non_negative_int, note, positive_int, print_json
+from slimscout.commands._common import add_model_options, non_negative_int, note, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,13 +19,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="greedy decode steps after the prompt (default 64; 0 skips decode)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs (default 3)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     result = speed(model_id=args.model, tokens=args.tokens, batch=args.batch,
-                   decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup)
+                   decode_tokens=args.decode_tokens, repeats=args.repeats, warmup=args.warmup, device=args.device,
+                   dtype=args.model_dtype)
     if args.json:
         print_json(result)
         return 0
@@ -41,18 +43,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def speed(*, model_id: str, tokens: int, batch: int, decode_tokens: int, repeats: int,
-          warmup: int) -> dict[str, Any]:
+          warmup: int, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     from compress.catalog import load_model
     from compress.layers import count_params
     from compress.speed import measure_speed
 
     started = time.perf_counter()
     note(f"loading {model_id} …")
-    loaded = load_model(model_id)
+    loaded = load_model(model_id, device=device, dtype=dtype)
     note(f"measuring (batch {batch}, {tokens} tokens, {decode_tokens} decode steps, {repeats} runs) …")
     vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(loaded.tokenizer))
     result = measure_speed(loaded.model, vocab_size=vocab, tokens=tokens, batch=batch,
                            decode_tokens=decode_tokens, repeats=repeats, warmup=warmup,
                            causal=loaded.kind == "causal-lm")
-    return {"model": model_id, "kind": loaded.kind, "params_total": count_params(loaded.model),
+    return {"model": model_id, "kind": loaded.kind, "device": str(loaded.device), "dtype": dtype,
+            "params_total": count_params(loaded.model),
             **result.to_dict(), "load_s": loaded.load_seconds, "seconds": time.perf_counter() - started}

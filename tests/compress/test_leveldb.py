@@ -39,14 +39,14 @@ def test_applied_from_the_database_is_bit_identical_to_the_operator(session: Mod
     stats = session.stats()
     for name, level in levels.items():
         layer = session.by_name[name]
-        expected = sparsegpt(session._dense[name], stats.gram(name), sparsity=db.manifest["layers"][name]["levels"][
-            str(level)]["sparsity"])
+        sparsity = db.manifest["layers"][name]["levels"][str(level)]["sparsity"]
+        expected = sparsegpt(session.dense_weight(name), stats.gram(name), sparsity=sparsity)
         assert torch.equal(session.modules[name].weight, expected), name
         zeros = (session.modules[name].weight == 0).sum(dim=1)
         step = GRID.resolved_step(session.layers) // layer.out_features
         assert (zeros == pruned_per_row(layer.in_features, 0.5) - level * step).all()
     session.restore()
-    assert all(torch.equal(session.modules[n].weight, session._dense[n]) for n in names)
+    assert all(torch.equal(session.modules[n].weight, session.dense_weight(n)) for n in names)
 
 
 def test_levels_are_budget_neutral_swaps(session: ModelSession) -> None:
@@ -61,7 +61,7 @@ def test_levels_are_budget_neutral_swaps(session: ModelSession) -> None:
 def test_gptq_levels_decode_to_the_operator_result(session: ModelSession) -> None:
     db = LevelDatabase.build(session, "gptq", BitsGrid(bits=(3, 4), group_size=32))
     name = session.layers[1].name
-    expected = gptq(session._dense[name], session.stats().gram(name), bits=3, group_size=32).weight
+    expected = gptq(session.dense_weight(name), session.stats().gram(name), bits=3, group_size=32).weight
     assert torch.equal(db.weight(name, 3), expected)
     assert db.levels(name) == [3, 4]
     with pytest.raises(ConfigError, match="level 8 is not in the database grid"):

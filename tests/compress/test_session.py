@@ -191,3 +191,50 @@ def test_a_layer_asked_for_what_it_holds_is_not_rewritten(session: ModelSession,
     session.restore(keep={names[0]})  # restored layers hold nothing: asking again writes them
     session.apply(CompressionConfig("tiny-llama", changed))
     assert computed == names[1:3]
+
+
+def _wanda_everywhere(session: ModelSession) -> CompressionConfig:
+    return CompressionConfig(
+        "tiny-llama", {layer.name: LayerConfig(sparsity=SparsitySpec(0.5, "wanda")) for layer in session.layers}
+    )
+
+
+def test_a_bfloat16_session_evaluates_applies_and_restores(tmp_path: Path) -> None:
+    session = ModelSession(load_model("tiny-llama", dtype="bfloat16"), cache_dir=tmp_path, calibration_tokens=512)
+    assert session.loaded.dtype == torch.bfloat16
+    assert session.loaded.fingerprint != load_model("tiny-llama").fingerprint  # its caches are its own
+    before = {k: v.clone() for k, v in session.model.state_dict().items()}
+    assert session.stats().gram(session.layers[0].name).dtype == torch.float32
+    assert session.dense_weight(session.layers[0].name).dtype == torch.float32
+    evaluator = session.evaluator(tokens=256)
+    dense = evaluator.dense_metrics()
+    config = _mixed(session)
+    with session.applied(config):
+        assert session.modules[session.layers[0].name].weight.dtype == torch.bfloat16
+        metrics = evaluator.evaluate()
+    assert metrics.ppl is not None and dense.ppl is not None and metrics.kl is not None
+    assert metrics.kl > 0 and metrics.ppl != dense.ppl
+    for key, value in session.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_low_memory_session_applies_the_same_weights_from_disk(tmp_path: Path) -> None:
+    loaded = load_model("tiny-llama")
+    small = ModelSession(loaded, cache_dir=tmp_path, calibration_tokens=512, low_memory=False)
+    config = _wanda_everywhere(small)
+    small.warm(config)
+    small.apply(config)
+    expected = {name: module.weight.detach().clone() for name, module in small.modules.items()}
+    small.restore()
+    dense = {name: module.weight.detach().clone() for name, module in small.modules.items()}
+
+    big = ModelSession(loaded, cache_dir=tmp_path, calibration_tokens=512, low_memory=True)
+    big.warm(config)
+    assert "ranks-wanda" not in big.timings.built  # masks come from scores per layer, no ranks cache
+    big.apply(config)
+    for name, module in big.modules.items():
+        assert torch.equal(module.weight, expected[name]), name
+    assert list((tmp_path / "scratch").rglob("*.safetensors"))  # dense copies spilled, not held
+    big.restore()
+    for name, module in big.modules.items():
+        assert torch.equal(module.weight, dense[name]), name
