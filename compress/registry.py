@@ -55,6 +55,7 @@ class MethodInfo:
     handler: str
     summary: str
     bits: tuple[int, ...] = ()  # quant methods: the bit widths they support
+    stacks: bool = True  # False: only a layer's whole dense weight (no sparsity or low rank in the same entry)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,11 @@ METHODS: dict[tuple[Slot, str], MethodInfo] = {
         MethodInfo("lowrank", "svd-whitened", "compress.operators.svd:WHITENED",
                    "SVD of W·S, S the Cholesky factor of the calibration Gram"),
         MethodInfo("quant", "rtn", "compress.operators.rtn:HANDLER",
-                   "round-to-nearest, symmetric per-group scales; N:M outliers kept in 16 bit (SDQ)", bits=(4, 8)),
+                   "round-to-nearest, symmetric per-group scales; N:M outliers kept in 16 bit (SDQ)",
+                   bits=(2, 3, 4, 8)),
+        MethodInfo("quant", "gptq", "compress.operators.gptq:HANDLER",
+                   "GPTQ: columns quantised in turn, the error compensated through the calibration Hessian",
+                   bits=(2, 3, 4, 8), stacks=False),
     )
 }
 
@@ -116,6 +121,9 @@ OPERATORS: dict[str, OperatorInfo] = {
                      _preset(bits=4, group_size=128)),
         OperatorInfo("sdq", "quant", "1:8 outliers in 16 bit + int4 inliers", "rtn",
                      _preset(bits=4, group_size=128, outliers="1:8")),
+        # No group_size: per layer, 128 where it divides the inputs, else 64 (compress.budget.quant_spec).
+        OperatorInfo("gptq", "quant", "GPTQ int4 (bits per layer under a bits budget), groups dividing the inputs",
+                     "gptq", _preset(bits=4)),
     )
 }
 OPERATOR_NAMES: tuple[str, ...] = tuple(OPERATORS)
