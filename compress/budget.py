@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import BudgetError, ConfigError
-from compress.accounting import DENSE_BYTES_PER_PARAM, layer_cost
+from compress.accounting import layer_cost
 from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec, parse_nm
 from compress.layers import LinearLayer
 from compress.ops import default_group_size
 from compress.registry import OPERATORS as REGISTRY
-from compress.registry import method_info, operators_of
+from compress.registry import DENSE_BITS, method_info, operators_of
 
 # operator -> the method its layer entries name
 SPARSITY_OPERATORS: dict[str, str] = {name: REGISTRY[name].method for name in operators_of("sparsity")}
@@ -57,7 +57,6 @@ PARAM_OPERATORS = (*SPARSITY_OPERATORS, *LOWRANK_OPERATORS, *NM_OPERATORS)
 OPERATORS = (*PARAM_OPERATORS, *QUANT_OPERATORS)
 MIN_KEEP = 0.02
 BUDGET_TOLERANCE = 0.005  # relative
-DENSE_BITS = 8 * DENSE_BYTES_PER_PARAM
 
 
 def check_operators(operators: Sequence[str]) -> tuple[list[str], QuantSpec | None]:

@@ -20,7 +20,8 @@ Families:
 - ``sparsity``: unstructured sparsity (a keep ratio per layer).
 - ``nm``: N:M structured sparsity (keep N/M, or dense).
 - ``lowrank``: truncated factorisation (a rank per layer).
-- ``quant``: a quantiser stacked on top of one of the above (changes bytes, not parameters).
+- ``quant``: a quantiser stacked on top of one of the above (changes bytes, not parameters), or,
+  alone, the per-layer operator of a budget in bits (``check_budget_kind``).
 
 Adding an operator: write its handler module under ``compress/operators/`` and add one
 ``MethodInfo`` (if it is a new method) and its ``OperatorInfo`` rows below.
@@ -154,6 +155,24 @@ def method_info(slot: Slot, name: str) -> MethodInfo:
     except KeyError:
         known = ", ".join(method_names(slot))
         raise ConfigError(METHOD_FIELD[slot], f"must be one of {known}, got {name!r}") from None
+
+
+#: Bits a dense weight is stored in; a budget in bits is the fraction ``budget_bits / DENSE_BITS`` of it.
+DENSE_BITS = 16
+
+
+def check_budget_kind(operators: list[str], *, bits: bool) -> None:
+    """A budget in bits takes quantizers only; a keep budget needs a parameter-reducing operator.
+
+    (``compress.budget`` reads a quantizers-only operator list as a budget in bits.)
+    """
+    families = [operator_info(op).family for op in operators]
+    if bits and any(family != "quant" for family in families):
+        raise ConfigError("operators", "a budget in bits takes quantizers only "
+                                       f"({', '.join(operators_of('quant'))}), got {', '.join(operators)}")
+    if not bits and all(family == "quant" for family in families):
+        raise ConfigError("operators", "need at least one parameter-reducing operator (not only quantizers); "
+                                       "for quantizers alone give a budget in bits")
 
 
 def _check() -> None:
