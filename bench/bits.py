@@ -90,8 +90,9 @@ def bit_mix(path: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", nargs="*", default=list(ROWS))
+    parser.add_argument("--out", default="rows.json", help="file under bench/results/bits (one per process)")
     args = parser.parse_args()
-    out = RESULTS / "rows.json"
+    out = RESULTS / args.out
     rows: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     for name in args.rows:
         if name in rows:

@@ -35,8 +35,8 @@ from compress.accounting import layer_cost
 from compress.config import LayerConfig, LowRankSpec, QuantSpec, SparsitySpec, parse_nm
 from compress.layers import LinearLayer
 from compress.ops import default_group_size
-from compress.registry import OPERATORS as REGISTRY
 from compress.registry import DENSE_BITS, method_info, operators_of
+from compress.registry import OPERATORS as REGISTRY
 
 # operator -> the method its layer entries name
 SPARSITY_OPERATORS: dict[str, str] = {name: REGISTRY[name].method for name in operators_of("sparsity")}
@@ -121,22 +121,51 @@ def _bits_level(layer: LinearLayer, operator: str, keep: float) -> QuantSpec:
 
 
 class BitsTable:
-    """Exact stored bits of each layer at each level, for the vectorized projection of a bits budget."""
+    """Exact stored bits of each layer at each level (dense last), for the projection of a bits budget."""
 
     def __init__(self, layers: Sequence[LinearLayer], operators: Sequence[str]) -> None:
         tables = [bits_levels(layer, op) for layer, op in zip(layers, operators, strict=True)]
-        width = max(len(table) for table in tables)
+        width = max(len(table) for table in tables) + 1
         self.params = np.array([layer.params for layer in layers], dtype=np.int64)
         self.bits = np.full((len(layers), width), np.iinfo(np.int64).max, dtype=np.int64)
+        self.count = np.array([len(table) + 1 for table in tables])
         for i, table in enumerate(tables):
-            self.bits[i, : len(table)] = [bits for bits, _ in table]
+            self.bits[i, : len(table) + 1] = [*(bits for bits, _ in table), DENSE_BITS * self.params[i]]
+
+    def level(self, keep: np.ndarray) -> np.ndarray:
+        """Each layer's level index under ``_bits_level``'s rule (the last one, dense, at keep 1)."""
+        fits = self.bits[:, :-1] <= (DENSE_BITS * keep * self.params)[:, None]
+        index = np.maximum(fits.sum(axis=1) - 1, 0)
+        return np.where(keep >= 1.0, self.count - 1, np.minimum(index, self.count - 2))
 
     def cost(self, keep: np.ndarray) -> np.ndarray:
-        """Stored bits per layer (``_bits_level``'s rule; dense 16 bits at keep 1)."""
-        fits = self.bits <= (DENSE_BITS * keep * self.params)[:, None]
-        index = np.maximum(fits.sum(axis=1) - 1, 0)
-        chosen = self.bits[np.arange(len(keep)), index]
-        return np.where(keep >= 1.0, DENSE_BITS * self.params, chosen)
+        """Stored bits per layer."""
+        return self.bits[np.arange(len(keep)), self.level(keep)]
+
+    def refine(self, keep: np.ndarray, target: float) -> tuple[np.ndarray, int]:
+        """Move single layers one level up or down while that brings the total closer to ``target``.
+
+        The bisection moves layers in tied groups (a block's layers share a keep), whose steps can
+        be too coarse for the tolerance; single-layer steps are not.
+        """
+        rows = np.arange(len(keep))
+        level = self.level(keep)
+        kept = int(self.bits[rows, level].sum())
+        while True:
+            current = self.bits[rows, level]
+            up = np.where(level + 1 < self.count, self.bits[rows, np.minimum(level + 1, self.count - 1)] - current, 0)
+            down = np.where(level > 0, self.bits[rows, np.maximum(level - 1, 0)] - current, 0)
+            gaps = np.abs(kept + np.concatenate([up, down]) - target)
+            best = int(np.argmin(gaps))
+            if gaps[best] >= abs(kept - target):
+                break
+            i, step = best % len(keep), (1 if best < len(keep) else -1)
+            kept += int(up[i] if step == 1 else down[i])
+            level[i] += step
+        chosen = self.bits[rows, level]
+        # the keep of a level: just above its bits, so that _bits_level picks it again
+        keep = np.where(level == self.count - 1, 1.0, (chosen + 0.5) / (DENSE_BITS * self.params))
+        return keep, kept
 
 
 @dataclass(frozen=True)
@@ -315,6 +344,8 @@ def project_to_budget(
         if hi - lo < 1e-9:
             break
     keep, kept = _settle(keep_at(lo), keep_at(hi), layer_costs, target)
+    if bits and abs(kept - target) > tolerance * target:
+        keep, kept = table.refine(keep, target)
     if abs(kept - target) > tolerance * target:
         raise BudgetError(
             f"budget {budget * unit:g}: the closest feasible allocation reaches {reach(kept)} "

@@ -50,7 +50,7 @@ def seed_study(
         kwargs: dict[str, Any] = (
             {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity" else {}
         )
-        result = build_baseline(method, session, spec.budget, spec.operators, **kwargs)
+        result = build_baseline(method, session, spec.budget_ratio, spec.operators, **kwargs)
         results[method] = result
         if f"baseline:{method}" in enqueued:
             continue
