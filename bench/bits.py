@@ -8,6 +8,7 @@ Rows (each through the CLI, exactly as a user runs it; holdout, 4096 tokens):
 
 - ``{rtn,gptq}-int{4,3}-g64``: every linear layer at 4 (3) bits, group 64 (hand-written configs).
 - ``uniform-{gptq,int4,sdq}-4.5``: ``slimscout baseline --method uniform --operator OP --budget-bits 4.5``.
+- ``handmade-gptq-3-4-8-4.5``: a hand-made {3, 4, 8}-bit GPTQ allocation at 4.5 bits (``_handmade_mixed``).
 - ``sensitivity-gptq-4.5``: ``slimscout baseline --method sensitivity --operator gptq --budget-bits 4.5``
   (a mixed-precision allocation from the measured per-block damage).
 
@@ -50,6 +51,33 @@ def _uniform_config(path: Path, method: str, bits: int, group: int) -> list[str]
     return ["python -m bench.bits (writes the config)"]
 
 
+def _handmade_mixed(path: Path) -> list[str]:
+    """GPTQ {3, 4, 8} bits, group 64, at 4.5 bits per weight by hand (not searched, not measured first).
+
+    8 bits: every k_proj and v_proj (the small GQA projections, 6.25% of the weights) and the
+    down_proj of the first and last two blocks (3.33%); 3 bits: up_proj of the 16 middle blocks
+    (13.33%); 4 bits elsewhere. 4.25 + 4 * 0.0958 - 0.1333 = 4.5 bits per weight.
+    """
+    from compress.catalog import load_model
+    from compress.layers import linear_layers
+
+    layers = linear_layers(load_model(MODEL).model)
+    last = max(layer.block for layer in layers)
+
+    def bits(layer: Any) -> int:
+        if layer.type in ("k", "v") or (layer.type == "down" and (layer.block < 2 or layer.block > last - 2)):
+            return 8
+        if layer.type == "up" and 7 <= layer.block < 23:
+            return 3
+        return 4
+
+    doc = {"schema": "slimscout.config/v1", "model_id": MODEL, "meta": {"method": "hand-made gptq {3,4,8}"},
+           "layers": {layer.name: {"quant": {"bits": bits(layer), "group_size": 64, "outliers": None,
+                                             "method": "gptq"}} for layer in layers}}
+    path.write_text(json.dumps(doc, indent=1))
+    return ["python -m bench.bits (writes the config)"]
+
+
 def _baseline(path: Path, method: str, operator: str) -> list[str]:
     args = ["baseline", "--model", MODEL, "--method", method, "--operator", operator,
             "--budget-bits", str(BUDGET_BITS), "--out", str(path)]
@@ -65,6 +93,7 @@ ROWS: dict[str, Any] = {
     "uniform-gptq-4.5": lambda p: _baseline(p, "uniform", "gptq"),
     "uniform-int4-4.5": lambda p: _baseline(p, "uniform", "int4"),
     "uniform-sdq-4.5": lambda p: _baseline(p, "uniform", "sdq"),
+    "handmade-gptq-3-4-8-4.5": _handmade_mixed,
     "sensitivity-gptq-4.5": lambda p: _baseline(p, "sensitivity", "gptq"),
 }
 
