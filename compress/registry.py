@@ -122,7 +122,7 @@ OPERATORS: dict[str, OperatorInfo] = {
                      _preset(bits=4, group_size=128)),
         OperatorInfo("sdq", "quant", "1:8 outliers in 16 bit + int4 inliers", "rtn",
                      _preset(bits=4, group_size=128, outliers="1:8")),
-        # No group_size: per layer, 128 where it divides the inputs, else 64 (compress.budget.quant_spec).
+        # No group_size: per layer, 128 where it divides the inputs, else 64 (compress.budget.layer_quant).
         OperatorInfo("gptq", "quant", "GPTQ int4 (bits per layer under a bits budget), groups dividing the inputs",
                      "gptq", _preset(bits=4)),
     )
