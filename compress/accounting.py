@@ -30,6 +30,16 @@ bytes (each term rounded up to whole bytes per matrix)
     ``ceil(log2(m))`` index bits each; ``cols % m != 0`` raises ``ConfigError("quant.outliers")``.
 
 A layer absent from a config is dense: ``params = in * out``, ``bytes = 2 * params``.
+
+Bits per weight (``bits_per_weight``)
+    ``8 * bytes / params_linear``: every stored bit of the compressible linear layers (values,
+    scales, outlier values and their indices, sparsity masks or N:M indices, dense layers at 16
+    bits) over the number of weights of the DENSE linear layers, so a sparse or low-rank layer is
+    charged per weight of the original layer. Embeddings and the LM head are not counted. The
+    quantisers' grids are symmetric (RTN, and GPTQ as registered): the zero point is fixed at
+    ``2^(bits-1)`` and stores nothing; the scales are fp16, one per group of ``group_size`` inputs
+    of a row (a row's last group may be shorter, RTN only). Each term is rounded up to whole bytes
+    per matrix, as above.
 """
 
 from __future__ import annotations
@@ -44,8 +54,8 @@ from .layers import LinearLayer
 from .operators import lowrank_handler, quant_handler, sparsity_handler
 from .operators.base import DENSE_BYTES_PER_PARAM, OUTLIER_BYTES, SCALE_BYTES
 
-__all__ = ["DENSE_BYTES_PER_PARAM", "OUTLIER_BYTES", "SCALE_BYTES", "LayerCost", "layer_cost", "model_cost",
-           "stored_shapes"]
+__all__ = ["DENSE_BYTES_PER_PARAM", "OUTLIER_BYTES", "SCALE_BYTES", "LayerCost", "bits_per_weight", "layer_cost",
+           "model_cost", "stored_shapes"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +114,8 @@ def model_cost(layers: list[LinearLayer], config_layers: dict[str, LayerConfig])
         except ConfigError as exc:
             raise ConfigError(f"layers.{layer.name}.{exc.field}", exc.reason) from None
     return total
+
+
+def bits_per_weight(layers: list[LinearLayer], config_layers: dict[str, LayerConfig]) -> float:
+    """Average stored bits per weight of the linear layers under a config (the convention above)."""
+    return 8 * model_cost(layers, config_layers).bytes / sum(layer.params for layer in layers)

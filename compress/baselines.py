@@ -57,6 +57,7 @@ def _config(
         "budget": budget,
         "operators": list(operators),
         "keep_ratio": allocation.keep_ratio,
+        **({} if allocation.bits_per_weight is None else {"bits_per_weight": allocation.bits_per_weight}),
         "layer_keep": {name: round(k, 6) for name, k in allocation.keep.items()},
     }
     return CompressionConfig(session.loaded.model_id, layers, meta)

@@ -62,6 +62,8 @@ def _not_expressible(layer: LinearLayer, cfg: LayerConfig) -> str | None:
         return None
     if quant.outliers is not None:
         return f"keeps {quant.outliers} outliers in 16 bits (SDQ); compressed-tensors has no such layout"
+    if quant.method != "rtn":  # the scales below are RTN's; GPTQ's own codes and scales are not handed over yet
+        return f"is quantised by {quant.method}, whose codes this export does not write yet"
     if quant.bits not in PACKED_BITS:
         return f"uses {quant.bits}-bit codes; the packed format takes {', '.join(map(str, PACKED_BITS))}"
     if layer.in_features % quant.group_size:

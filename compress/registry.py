@@ -20,7 +20,8 @@ Families:
 - ``sparsity``: unstructured sparsity (a keep ratio per layer).
 - ``nm``: N:M structured sparsity (keep N/M, or dense).
 - ``lowrank``: truncated factorisation (a rank per layer).
-- ``quant``: a quantiser stacked on top of one of the above (changes bytes, not parameters).
+- ``quant``: a quantiser stacked on top of one of the above (changes bytes, not parameters), or,
+  alone, the per-layer operator of a budget in bits (``check_budget_kind``).
 
 Adding an operator: write its handler module under ``compress/operators/`` and add one
 ``MethodInfo`` (if it is a new method) and its ``OperatorInfo`` rows below.
@@ -55,6 +56,7 @@ class MethodInfo:
     handler: str
     summary: str
     bits: tuple[int, ...] = ()  # quant methods: the bit widths they support
+    stacks: bool = True  # False: only a layer's whole dense weight (no sparsity or low rank in the same entry)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,11 @@ METHODS: dict[tuple[Slot, str], MethodInfo] = {
         MethodInfo("lowrank", "svd-whitened", "compress.operators.svd:WHITENED",
                    "SVD of W·S, S the Cholesky factor of the calibration Gram"),
         MethodInfo("quant", "rtn", "compress.operators.rtn:HANDLER",
-                   "round-to-nearest, symmetric per-group scales; N:M outliers kept in 16 bit (SDQ)", bits=(4, 8)),
+                   "round-to-nearest, symmetric per-group scales; N:M outliers kept in 16 bit (SDQ)",
+                   bits=(2, 3, 4, 8)),
+        MethodInfo("quant", "gptq", "compress.operators.gptq:HANDLER",
+                   "GPTQ: columns quantised in turn, the error compensated through the calibration Hessian",
+                   bits=(2, 3, 4, 8), stacks=False),
     )
 }
 
@@ -116,6 +122,9 @@ OPERATORS: dict[str, OperatorInfo] = {
                      _preset(bits=4, group_size=128)),
         OperatorInfo("sdq", "quant", "1:8 outliers in 16 bit + int4 inliers", "rtn",
                      _preset(bits=4, group_size=128, outliers="1:8")),
+        # No group_size: per layer, 128 where it divides the inputs, else 64 (compress.budget.layer_quant).
+        OperatorInfo("gptq", "quant", "GPTQ int4 (bits per layer under a bits budget), groups dividing the inputs",
+                     "gptq", _preset(bits=4)),
     )
 }
 OPERATOR_NAMES: tuple[str, ...] = tuple(OPERATORS)
@@ -146,6 +155,24 @@ def method_info(slot: Slot, name: str) -> MethodInfo:
     except KeyError:
         known = ", ".join(method_names(slot))
         raise ConfigError(METHOD_FIELD[slot], f"must be one of {known}, got {name!r}") from None
+
+
+#: Bits a dense weight is stored in; a budget in bits is the fraction ``budget_bits / DENSE_BITS`` of it.
+DENSE_BITS = 16
+
+
+def check_budget_kind(operators: list[str], *, bits: bool) -> None:
+    """A budget in bits takes quantizers only; a keep budget needs a parameter-reducing operator.
+
+    (``compress.budget`` reads a quantizers-only operator list as a budget in bits.)
+    """
+    families = [operator_info(op).family for op in operators]
+    if bits and any(family != "quant" for family in families):
+        raise ConfigError("operators", "a budget in bits takes quantizers only "
+                                       f"({', '.join(operators_of('quant'))}), got {', '.join(operators)}")
+    if not bits and all(family == "quant" for family in families):
+        raise ConfigError("operators", "need at least one parameter-reducing operator (not only quantizers); "
+                                       "for quantizers alone give a budget in bits")
 
 
 def _check() -> None:

@@ -36,4 +36,4 @@ class Workbench:
 
     def space(self, spec: StudySpec) -> SearchSpace:
         session = self.session(spec.model_id)
-        return SearchSpace(session.layers, spec.budget, spec.operators, spec.granularity, session.loaded.model_id)
+        return SearchSpace(session.layers, spec.budget_ratio, spec.operators, spec.granularity, session.loaded.model_id)

@@ -91,6 +91,7 @@ def _measure(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, bench: W
         "keep_ratio": cost.params / session.params_linear,
         "params_kept": cost.params,
         "bytes": cost.bytes,
+        "bits_per_weight": 8 * cost.bytes / session.params_linear,
         "worker": worker_id(),
         "config": config.to_dict(),
     }

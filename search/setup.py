@@ -51,7 +51,7 @@ def seed_study(
             {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity"
             else {"dataset": spec.dataset} if method == "additive" else {}
         )
-        result = build_baseline(method, session, spec.budget, spec.operators, **kwargs)
+        result = build_baseline(method, session, spec.budget_ratio, spec.operators, **kwargs)
         results[method] = result
         if f"baseline:{method}" in enqueued:
             continue

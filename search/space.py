@@ -182,6 +182,7 @@ def to_config(space: SearchSpace, allocation: Allocation, meta: Mapping[str, Any
             "operators": list(space.operators),
             "granularity": space.granularity,
             "keep_ratio": allocation.keep_ratio,
+            **({} if allocation.bits_per_weight is None else {"bits_per_weight": allocation.bits_per_weight}),
             "layer_keep": {name: round(k, 6) for name, k in allocation.keep.items()},
         },
     )

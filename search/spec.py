@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from common.errors import ConfigError
 from compress.baseline_methods import BASELINE_METHODS, DEFAULT_BASELINES
 from compress.catalog_entries import CATALOG
-from compress.registry import EXPORT_FORMATS, OPERATOR_NAMES, operator_info
+from compress.registry import DENSE_BITS, EXPORT_FORMATS, OPERATOR_NAMES, check_budget_kind, operator_info
 from search.strategy_registry import STRATEGY_NAMES
 
 GRANULARITIES: tuple[str, ...] = ("uniform", "type", "block", "type-block", "layer")
@@ -70,10 +70,15 @@ class StudySpec(BaseModel):
 
     model_id: Annotated[str, Field(min_length=1, max_length=1024,
                                    description="a catalog name, or a model directory inside a model root")]
-    budget: Annotated[float, Field(gt=0.0, le=1.0, description="kept fraction of linear-layer parameters")]
+    budget: Annotated[float | None, Field(gt=0.0, le=1.0, description=(
+        "kept fraction of linear-layer parameters (give this or budget_bits)"))] = None
+    budget_bits: Annotated[float | None, Field(gt=0.0, le=DENSE_BITS, description=(
+        "average stored bits per linear-layer weight, every overhead counted (give this or budget); "
+        "quantizers only, the bit width chosen per layer"))] = None
     operators: Annotated[list[Operator], Field(min_length=1, max_length=len(OPERATOR_NAMES),
-                                               description="at least one parameter-reducing operator, "
-                                                           "at most one quantizer")] = ["wanda"]
+                                               description="with budget: at least one parameter-reducing "
+                                                           "operator, at most one quantizer; with budget_bits: "
+                                                           "quantizers only")] = ["wanda"]
     granularity: Granularity = DEFAULT_GRANULARITY
     n_trials: Annotated[int, Field(ge=1, description="real evaluations, baselines included")] = 100
     eval_tokens: Annotated[int, Field(ge=2, description="tokens per evaluation")] = 2048
@@ -128,15 +133,33 @@ class StudySpec(BaseModel):
 
     @field_validator("operators")
     @classmethod
-    def _operator_set(cls, operators: list[str]) -> list[str]:
+    def _operator_set(cls, operators: list[str], info: ValidationInfo) -> list[str]:
         _no_repeats("operators", operators)
+        bits, keep = (info.data.get(name) is not None for name in ("budget_bits", "budget"))  # validated first
+        try:
+            if bits != keep:  # else _one_budget says so
+                check_budget_kind(operators, bits=bits)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
         families = [operator_info(op).family for op in operators]
-        if all(family == "quant" for family in families):
-            raise ValueError("need at least one parameter-reducing operator (not only quantizers)")
         quantizers = [op for op, family in zip(operators, families, strict=True) if family == "quant"]
-        if len(quantizers) > 1:
+        if len(quantizers) > 1 and len(quantizers) < len(operators):
             raise ValueError(f"at most one quantizer, got {', '.join(quantizers)}")
         return operators
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> StudySpec:
+        if (self.budget is None) == (self.budget_bits is None):
+            raise ValueError("give exactly one of budget (kept fraction of parameters) and budget_bits")
+        return self
+
+    @property
+    def budget_ratio(self) -> float:
+        """The budget as a fraction: of the parameters, or (budget_bits) of the dense 16 bits per weight."""
+        if self.budget_bits is not None:
+            return self.budget_bits / DENSE_BITS
+        assert self.budget is not None  # _one_budget
+        return self.budget
 
     @field_validator("baselines")
     @classmethod

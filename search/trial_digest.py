@@ -123,4 +123,5 @@ def metrics(trial: FrozenTrial) -> dict[str, Any]:
     """A measured trial's numbers, as the stored summary keeps them."""
     attrs = trial.user_attrs
     return {"trial": trial.number, "value": trial.value, "ppl": attrs.get("ppl"), "kl": attrs.get("kl"),
-            "keep_ratio": attrs.get("keep_ratio"), "source": attrs.get("source")}
+            "keep_ratio": attrs.get("keep_ratio"), "bits_per_weight": attrs.get("bits_per_weight"),
+            "source": attrs.get("source")}

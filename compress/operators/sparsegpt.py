@@ -15,17 +15,13 @@ A low-rank factor has no Gram of its own inputs here, so SparseGPT on factors is
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from common.errors import ConfigError
 from compress.config import SparsitySpec
 from compress.operators.base import LayerContext, SparsityHandler
+from compress.operators.layer_cache import layer_result
 from compress.ops import pruned_per_row, sparsegpt
 
 DAMPENING = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's default)
@@ -42,36 +38,22 @@ class SparseGPTSparsity(SparsityHandler):
     def needs_stats(self) -> bool:
         return True
 
-    def _path(self, ctx: LayerContext, name: str, key: str) -> Path:
-        return ctx.cache_dir / "sparsegpt" / f"{name}-{key}-d{DAMPENING}.safetensors"
-
     def warm(self, ctx: LayerContext, name: str, spec: SparsitySpec) -> None:
         self._pruned(ctx, name, spec)
 
     def _pruned(self, ctx: LayerContext, name: str, spec: SparsitySpec) -> Tensor:
         dense = ctx.dense_weight(name)
-        key = setting_key(int(dense.shape[1]), spec)
-        memo = ctx.handler_cache(self.name)  # per layer, only the last setting: a search walks many settings
-        cached = memo.get(name)
-        if isinstance(cached, tuple) and cached[0] == key:
-            weight: Tensor = cached[1]
-            return weight
-        path = self._path(ctx, name, key)
-        if path.is_file():
-            weight = load_file(str(path), device=str(dense.device))["weight"]
-        else:
-            nm = spec.nm
+        nm = spec.nm
+
+        def compute() -> dict[str, Tensor]:
             try:
-                weight = sparsegpt(dense, ctx.stats().gram(name), sparsity=None if nm else spec.ratio, nm=nm,
-                                   percdamp=DAMPENING)
+                return {"weight": sparsegpt(dense, ctx.stats().gram(name), sparsity=None if nm else spec.ratio,
+                                            nm=nm, percdamp=DAMPENING)}
             except ConfigError as exc:
                 raise ConfigError(f"layers.{name}.sparsity.pattern", exc.reason) from None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-            save_file({"weight": weight.contiguous().cpu()}, str(tmp))
-            tmp.replace(path)
-        memo[name] = (key, weight)
-        return weight
+
+        key = f"{setting_key(int(dense.shape[1]), spec)}-d{DAMPENING}"
+        return layer_result(ctx, self.name, "sparsegpt", name, key, compute, device=dense.device)["weight"]
 
     def sparsify(self, ctx: LayerContext, name: str, matrix: Tensor, spec: SparsitySpec, *,
                  col_norm: Tensor | None = None, ranks: Tensor | None = None) -> Tensor:

@@ -184,7 +184,7 @@ class Evolution:
         starts = [t for t in live if t.state == TrialState.COMPLETE and str(t.user_attrs.get("source", "")).startswith(
             ("baseline:", PARENT_SOURCE))]
         if not starts:
-            start = uniform(bench.session(spec.model_id), spec.budget, spec.operators).allocation
+            start = uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).allocation
             enqueue_exact(study, space, start, {"source": PARENT_SOURCE})
             return 1
         parent = min(starts, key=lambda t: (float(t.value), t.number))  # type: ignore[arg-type]

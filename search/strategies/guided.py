@@ -86,12 +86,12 @@ class Guide:
 
     def features(self, spec: StudySpec, bench: Workbench) -> FeatureBuilder:
         """The feature builder for the study's model, with its sensitivity scan when one was stored."""
-        key = (spec.model_id, spec.budget, tuple(spec.operators), spec.sensitivity_tokens, spec.dataset)
+        key = (spec.model_id, spec.budget_ratio, tuple(spec.operators), spec.sensitivity_tokens, spec.dataset)
         if key not in self._features:
             session = bench.session(spec.model_id)
             if spec.model_id not in self._proxies:
                 self._proxies[spec.model_id] = LayerProxy(session)
-            scan = (cached_scan(session, spec.budget, spec.operators, tokens=spec.sensitivity_tokens,
+            scan = (cached_scan(session, spec.budget_ratio, spec.operators, tokens=spec.sensitivity_tokens,
                                 dataset=spec.dataset) if self.use_scan else None)
             self._features[key] = FeatureBuilder(session.layers, self._proxies[spec.model_id], block_damage=scan)
         return self._features[key]

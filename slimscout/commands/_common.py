@@ -55,6 +55,17 @@ def add_model_options(parser: argparse.ArgumentParser, *, dtype_flag: str = "--d
                         help="dtype the model is loaded and run in (default float32; bfloat16 halves its memory)")
 
 
+def bits_float(text: str) -> float:
+    """A budget in average bits per weight: above 0, at most the dense 16."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bits in (0, 16], got {text!r}") from None
+    if not 0.0 < value <= 16.0:
+        raise argparse.ArgumentTypeError(f"bits per weight must be in (0, 16], got {value}")
+    return value
+
+
 def print_result(payload: dict[str, Any], *, as_json: bool, width: int = 16) -> None:
     """One JSON object on stdout, or one ``key value`` line per field."""
     if as_json:

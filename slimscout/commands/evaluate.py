@@ -78,6 +78,7 @@ def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Spl
         "params_kept": cost.params,
         "keep_ratio": cost.params / session.params_linear,
         "bytes": cost.bytes,
+        "bits_per_weight": 8 * cost.bytes / session.params_linear,  # compress.accounting's convention
         "bytes_linear_dense": dense_bytes,
         "seconds": time.perf_counter() - started,
         "timing": {

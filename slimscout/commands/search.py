@@ -11,7 +11,15 @@ from compress.baseline_methods import BASELINE_METHODS
 from compress.registry import OPERATOR_NAMES
 from search.spec import GRANULARITIES, OBJECTIVES, StudySpec
 from search.strategy_registry import STRATEGY_NAMES
-from slimscout.commands._common import add_model_options, budget_float, note, positive_int, print_json, progress
+from slimscout.commands._common import (
+    add_model_options,
+    bits_float,
+    budget_float,
+    note,
+    positive_int,
+    print_json,
+    progress,
+)
 
 DEFAULTS = {name: field.default for name, field in StudySpec.model_fields.items() if not field.is_required()}
 
@@ -19,11 +27,13 @@ DEFAULTS = {name: field.default for name, field in StudySpec.model_fields.items(
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("search", help="search the best per-layer config under a budget")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", type=budget_float, help="kept fraction of linear parameters")
+    budget.add_argument("--budget-bits", type=bits_float, help=StudySpec.model_fields["budget_bits"].description)
     parser.add_argument("--operators", default=",".join(DEFAULTS["operators"]),
                         help=f"comma-separated, e.g. wanda or svd-whitened,wanda (of {', '.join(OPERATOR_NAMES)})")
     parser.add_argument("--granularity", default=DEFAULTS["granularity"], choices=GRANULARITIES)
-    parser.add_argument("--trials", type=positive_int, default=DEFAULTS["n_trials"],
+    parser.add_argument("--trials", "--n-trials", dest="trials", type=positive_int, default=DEFAULTS["n_trials"],
                         help="real evaluations (baselines included)")
     parser.add_argument("--tokens", type=positive_int, default=DEFAULTS["eval_tokens"], help="tokens per evaluation")
     parser.add_argument("--holdout-tokens", type=positive_int, default=DEFAULTS["holdout_tokens"])
@@ -59,6 +69,7 @@ def spec_of(args: argparse.Namespace) -> StudySpec:
     return StudySpec.build(
         model_id=args.model,
         budget=args.budget,
+        budget_bits=args.budget_bits,
         operators=[op.strip() for op in args.operators.split(",") if op.strip()],
         granularity=args.granularity,
         n_trials=args.trials,
@@ -86,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ["SLIMSCOUT_DEVICE"], os.environ["SLIMSCOUT_DTYPE"] = args.device, args.model_dtype
     get_settings.cache_clear()
     url = args.storage or get_settings().storage_url
-    name = args.study or f"search-{args.model.replace('/', '_')}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
+    budget = args.budget if args.budget is not None else f"{args.budget_bits}bits"
+    name = args.study or f"search-{args.model.replace('/', '_')}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
     with progress() as bar:
         task = bar.add_task("search", total=spec.n_trials, status="") if bar else None
 

@@ -88,6 +88,17 @@ def test_a_spec_through_the_cli_and_through_the_api_stores_the_same_json(client:
     assert client.get(f"/v1/studies/{created.json()['id']}").json()["spec"] == stored_row
 
 
+def test_a_budget_in_bits_reaches_the_api_and_the_cli_alike(client: TestClient) -> None:
+    args = _cli_search().parse_args(["--model", "tiny-llama", "--budget-bits", "3.5", "--operators", "gptq"])
+    spec = spec_of(args)
+    assert spec == StudySpec(model_id="tiny-llama", budget_bits=3.5, operators=["gptq"])
+    created = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget_bits": 3.5, "operators": ["gptq"]})
+    assert created.status_code == 201, created.text
+    assert created.json()["spec"] == spec.to_dict()
+    refused = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget_bits": 3.5, "operators": ["wanda"]})
+    assert refused.status_code == 422 and "quantizers only" in refused.text
+
+
 def test_a_service_study_posted_with_tpe_runs_tpe(client: TestClient, storage_url: str) -> None:
     """The worker runs the strategy the request chose: its sampled trials say ``sampler:tpe``, none is the
     predictor's (what the default, guided, would enqueue), and GET shows the stored spec."""

@@ -184,3 +184,34 @@ def test_model_cost_sums_layers_and_names_bad_entries() -> None:
 def test_compression_never_costs_more_params_than_dense() -> None:
     for cfg in COMBOS.values():
         assert layer_cost(LAYER, cfg).params <= LAYER.params
+
+
+def _tiny_layers() -> list[LinearLayer]:
+    from compress.catalog import load_model
+    from compress.layers import linear_layers
+
+    return linear_layers(load_model("tiny-llama").model)
+
+
+# tiny-llama, per block: q 64x64, k 32x64, v 32x64, o 64x64, gate 128x64, up 128x64 (28,672 weights with
+# 64 inputs) and down 64x128 (8,192 weights with 128 inputs); 36,864 weights per block.
+@pytest.mark.parametrize(("quant", "sparsity", "expected"), [
+    # codes 4 + one 16-bit scale per 64 weights
+    (QuantSpec(4, 64), None, 4 + 16 / 64),
+    # gptq's group divides the inputs: 64 on 64-input layers, 128 on down
+    (QuantSpec(3, 64, method="gptq"), None, (28672 * (3 + 16 / 64) + 8192 * (3 + 16 / 128)) / 36864),
+    # sdq: codes 4 + scales (group 128: one per row of 64 inputs, two per row of 128 inputs: 16/64, 16/128)
+    # + 1 outlier in 8 at 16 bits + 3 index bits each
+    (QuantSpec(4, 128, "1:8"), None, (28672 * (4 + 16 / 64 + 19 / 8) + 8192 * (4 + 16 / 128 + 19 / 8)) / 36864),
+    # half the weights kept at 8 bits + scales per 128 inputs + a 1-bit mask over every weight
+    (QuantSpec(8, 128), SparsitySpec(0.5, "wanda"), (28672 * (4 + 16 / 64 + 1) + 8192 * (4 + 16 / 128 + 1)) / 36864),
+])
+def test_bits_per_weight_counts_every_overhead(quant: QuantSpec, sparsity: SparsitySpec | None,
+                                               expected: float) -> None:
+    from compress.accounting import bits_per_weight
+    from compress.budget import layer_quant
+
+    layers = _tiny_layers()
+    config = {layer.name: LayerConfig(sparsity=sparsity, quant=layer_quant(layer, quant)) for layer in layers}
+    assert bits_per_weight(layers, config) == pytest.approx(expected, rel=1e-12)
+    assert bits_per_weight(layers, {}) == 16.0

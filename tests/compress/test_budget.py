@@ -71,7 +71,34 @@ def test_operator_lists_are_checked() -> None:
     assert check_operators(["magnitude"]) == (["magnitude"], None)
     with pytest.raises(ConfigError, match="unknown operator 'prune'"):
         check_operators(["prune"])
-    with pytest.raises(ConfigError, match="at least one"):
-        check_operators(["int8"])
+    assert check_operators(["int8"]) == (["int8"], None)  # quantizers only: a budget in bits
+    assert check_operators(["gptq", "int4"]) == (["gptq", "int4"], None)
     with pytest.raises(ConfigError, match="at most one quantizer"):
         check_operators(["wanda", "int8", "int4"])
+
+
+@pytest.mark.parametrize("operator", ["gptq", "int4", "int8"])
+@pytest.mark.parametrize("bits", [2.5, 3.5, 4.5, 6.0])
+def test_a_budget_in_bits_is_met_in_exactly_counted_bits(  # type: ignore[no-untyped-def]
+        layers, operator: str, bits: float) -> None:
+    from compress.accounting import bits_per_weight
+
+    ops = {layer.name: operator for layer in layers}
+    for raw in (np.full(len(layers), 0.3), np.linspace(0.1, 0.9, len(layers))):
+        allocation = project_to_budget(layers, logit_family(raw), bits / 16, ops)
+        configs = allocation.layer_configs(layers)
+        assert allocation.bits_per_weight == bits_per_weight(layers, configs)
+        assert allocation.bits_per_weight == pytest.approx(bits, rel=0.005)
+        assert allocation.keep_ratio == 1.0  # quantizers keep every weight
+        assert {cfg.quant.method for cfg in configs.values() if cfg.quant} == {"gptq" if operator == "gptq" else "rtn"}
+
+
+def test_a_layer_takes_the_widest_bit_width_that_fits_its_share(layers) -> None:  # type: ignore[no-untyped-def]
+    down = next(layer for layer in layers if layer.type == "down")  # 128 inputs: gptq groups of 128
+    assert layer_config(down, 4.2 / 16, "gptq").quant == QuantSpec(4, 128, method="gptq")  # 4.125 fits
+    assert layer_config(down, 4.1 / 16, "gptq").quant == QuantSpec(3, 128, method="gptq")
+    assert layer_config(down, 1.0 / 16, "gptq").quant == QuantSpec(2, 128, method="gptq")  # none fits: narrowest
+    assert layer_config(down, 1.0, "gptq").is_dense
+    with pytest.raises(BudgetError, match="bits per weight"):
+        project_to_budget(layers, logit_family(np.full(len(layers), 0.3)), 1.5 / 16,
+                          {layer.name: "gptq" for layer in layers})

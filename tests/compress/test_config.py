@@ -58,7 +58,7 @@ def test_no_layers_means_dense() -> None:
         ({"a": {"sparsity": {"ratio": 0.3, "pattern": "2:4"}}}, "layers.a.sparsity.ratio"),
         ({"a": {"lowrank": {"rank": 0}}}, "layers.a.lowrank.rank"),
         ({"a": {"lowrank": {"rank": 4, "method": "qr"}}}, "layers.a.lowrank.method"),
-        ({"a": {"quant": {"bits": 3}}}, "layers.a.quant.bits"),
+        ({"a": {"quant": {"bits": 5}}}, "layers.a.quant.bits"),
         ({"a": {"quant": {"bits": 8, "group_size": 0}}}, "layers.a.quant.group_size"),
         ({"a": {"quant": {"bits": 8, "outliers": "x"}}}, "layers.a.quant.outliers"),
         ({"a": {"prune": {}}}, "layers.a.prune"),
@@ -154,7 +154,7 @@ def test_a_v1_document_reads_and_writes_back_byte_for_byte(tmp_path: Path) -> No
         ({"a": {"lowrank": {"rank": True}}}, "layers.a.lowrank.rank"),
         ({"a": {"lowrank": {}}}, "layers.a.lowrank.rank"),
         ({"a": {"quant": {"bits": "8"}}}, "layers.a.quant.bits"),
-        ({"a": {"quant": {"bits": 8, "method": "gptq"}}}, "layers.a.quant.method"),
+        ({"a": {"quant": {"bits": 8, "method": "awq"}}}, "layers.a.quant.method"),
         ({"a": {"quant": {"bits": 8, "outliers": 3}}}, "layers.a.quant.outliers"),
         ({"a": {"sparsity": {"ratio": 0.5, "score": 1}}}, "layers.a.sparsity.score"),
     ],
@@ -173,7 +173,7 @@ def test_direct_construction_names_the_field_too() -> None:
         LowRankSpec(0)
     assert info.value.field == "rank"
     with pytest.raises(ConfigError) as info:
-        QuantSpec(3)
+        QuantSpec(5)
     assert info.value.field == "bits"
     with pytest.raises(ConfigError) as info:
         SparsitySpec(0.3, "wanda", "2:4")

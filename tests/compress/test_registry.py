@@ -27,8 +27,10 @@ def test_budget_tables_are_the_registry_by_family() -> None:
     assert set(budget.LOWRANK_OPERATORS) == set(registry.operators_of("lowrank")) == {"svd", "svd-whitened"}
     assert budget.NM_OPERATORS == {"nm-2:4": (2, 4), "nm-4:8": (4, 8), "sparsegpt-2:4": (2, 4),
                                    "sparsegpt-4:8": (4, 8)}
-    quant = {"int8": QuantSpec(8, 128), "int4": QuantSpec(4, 128), "sdq": QuantSpec(4, 128, "1:8")}
+    quant = {"int8": QuantSpec(8, 128), "int4": QuantSpec(4, 128), "sdq": QuantSpec(4, 128, "1:8"),
+             "gptq": QuantSpec(4, 128, method="gptq")}  # gptq's group size is chosen per layer (layer_quant)
     assert quant == budget.QUANT_OPERATORS
+    assert {"gptq"} == budget.PER_LAYER_GROUPS
     assert set(budget.OPERATORS) == set(registry.OPERATOR_NAMES)
     assert set(budget.PARAM_OPERATORS) == {n for n, info in registry.OPERATORS.items() if info.reduces_params}
 
@@ -46,7 +48,7 @@ def test_unknown_names_are_config_errors_naming_the_field() -> None:
         lowrank_handler("qr")
     assert info.value.field == "method"
     with pytest.raises(ConfigError) as info:
-        quant_handler("gptq")
+        quant_handler("awq")
     assert info.value.field == "method"
     with pytest.raises(ConfigError, match="unknown operator 'prune'"):
         registry.operator_info("prune")

@@ -76,3 +76,18 @@ def test_the_spec_and_the_strategy_names_import_without_torch_or_optuna() -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "[]"
+
+
+def test_a_budget_in_bits_takes_quantizers_only_and_exactly_one_budget_is_given() -> None:
+    spec = StudySpec.model_validate({"model_id": "tiny-llama", "budget_bits": 3.5, "operators": ["gptq"]})
+    assert (spec.budget, spec.budget_bits, spec.budget_ratio) == (None, 3.5, 3.5 / 16)
+    assert StudySpec.from_dict(spec.to_dict()) == spec
+    assert StudySpec.model_validate(BASE).budget_ratio == 0.5
+    with pytest.raises(ValidationError, match="quantizers only") as info:
+        StudySpec.model_validate({"model_id": "tiny-llama", "budget_bits": 3.5, "operators": ["wanda", "int4"]})
+    assert info.value.errors()[0]["loc"] == ("operators",)
+    for both_or_none in ({"budget": 0.5, "budget_bits": 4.0, "operators": ["gptq"]}, {"operators": ["gptq"]}):
+        with pytest.raises(ValidationError, match="exactly one"):
+            StudySpec.model_validate({"model_id": "tiny-llama", **both_or_none})
+    with pytest.raises(ConfigError, match="budget_bits"):
+        StudySpec.build(model_id="tiny-llama", budget_bits=17.0, operators=["gptq"])
