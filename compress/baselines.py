@@ -8,6 +8,9 @@
   (KL to dense on a small token budget); then one global threshold τ on the measured damage is
   bisected so that every block takes the smallest keep whose damage stays under τ. The scan's
   forward passes are counted and cached per (model, data, operator, levels).
+- ``softlms``: learned ranks (Bhatnagar et al. 2024, ``compress.softlms``): a soft threshold on each
+  layer's singular values, trained by distillation plus a budget penalty, then projected onto the
+  budget. Low-rank operators only; its training passes are counted and cached like the scan's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from compress.baseline_methods import BASELINE_METHODS
 from compress.budget import Allocation, check_operators, layer_config, logit_family, project_to_budget
 from compress.config import CompressionConfig
 from compress.session import ModelSession
+from compress.softlms import SoftLMsSettings, learned_thresholds, lowrank_operator, project_ranks
 
 log = logging.getLogger(__name__)
 METHODS = BASELINE_METHODS
@@ -210,6 +214,33 @@ def sensitivity(
     return result
 
 
+def softlms(
+    session: ModelSession,
+    budget: float,
+    operators: Sequence[str],
+    *,
+    steps: int = SoftLMsSettings.steps,
+    tokens: int = SoftLMsSettings.tokens,
+    dataset: str = "lee-news",
+    on_step: Callable[[int, int], None] | None = None,
+) -> BaselineResult:
+    settings = SoftLMsSettings(steps=steps, tokens=tokens, dataset=dataset)
+    run = learned_thresholds(session, budget, operators, settings, on_step)
+    allocation = project_ranks(session, run, budget, lowrank_operator(operators))
+    passes = 0 if run.cached else run.steps
+    return BaselineResult(
+        "softlms",
+        allocation,
+        _config(session, "softlms", allocation, operators, budget),
+        passes,
+        run.tokens,
+        0.0 if run.cached else run.seconds,
+        {"thresholds": run.thresholds, "history": run.history, "cached": run.cached,
+         "forward_passes": 0 if run.cached else run.forward_passes,
+         "backward_passes": 0 if run.cached else run.backward_passes, "settings": asdict(settings)},
+    )
+
+
 def build_baseline(
     method: str, session: ModelSession, budget: float, operators: Sequence[str], **kwargs: object
 ) -> BaselineResult:
@@ -219,4 +250,6 @@ def build_baseline(
         return owl(session, budget, operators)
     if method == "sensitivity":
         return sensitivity(session, budget, operators, **kwargs)  # type: ignore[arg-type]
+    if method == "softlms":
+        return softlms(session, budget, operators, **kwargs)  # type: ignore[arg-type]
     raise ConfigError("method", f"unknown baseline {method!r} (one of {', '.join(METHODS)})")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from common.errors import ConfigError
-from compress.baseline_methods import BASELINE_METHODS
+from compress.baseline_methods import BASELINE_METHODS, DEFAULT_BASELINES
 from compress.catalog_entries import CATALOG
 from compress.registry import EXPORT_FORMATS, OPERATOR_NAMES, operator_info
 from search.strategy_registry import STRATEGY_NAMES
@@ -78,7 +78,7 @@ class StudySpec(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     strategy: Annotated[Strategy, Field(description="guided: the XGBoost predictor screens candidates; "
                                                     "tpe / random: plain samplers")] = "guided"
-    baselines: Annotated[list[Baseline], Field(max_length=len(BASELINE_METHODS))] = list(BASELINE_METHODS)
+    baselines: Annotated[list[Baseline], Field(max_length=len(BASELINE_METHODS))] = list(DEFAULT_BASELINES)
     sensitivity_tokens: Annotated[int, Field(ge=2)] = 512
     holdout_tokens: Annotated[int, Field(ge=2, description="tokens of the holdout re-measurement")] = 4096
     prune: Annotated[bool, Field(description="stop a sampled candidate early when it trails its peers")] = True
