@@ -4,13 +4,13 @@
 # then recovers each with the same settings in one process (bench/recover_batch.py), one at a time,
 # writing bench/results/recover/alloc-<name>.batch.json as each finishes; then the summary
 # (Spearman of holdout ppl before vs after) in bench/results/recover/alloc-summary.json.
-# Env: STEPS (8), TOKENS (256), EVAL_TOKENS (512), ORDER (config names to recover, in order).
+# Env: STEPS (4), TOKENS (256), EVAL_TOKENS (256), ORDER (config names to recover, in order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PY=${PY:-/work/main/.venv/bin/python}
 CONF=bench/results/recover/alloc-configs
-STEPS=${STEPS:-8}
+STEPS=${STEPS:-4}
 mkdir -p "$CONF"
 stamp() { echo "[$(date -u +%FT%TZ)] $*; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"; }
 stamp "building configs"
@@ -22,11 +22,11 @@ if [ ! -s "$CONF/winner-0.4.config.json" ]; then
     --storage "sqlite:////tmp/slimscout-alloc-search.db" --study alloc-wanda-0.4-guided-n24-t512 \
     --out "$CONF/winner-0.4.config.json" --json > "$CONF/winner-0.4.search.json"
 fi
-ORDER=${ORDER:-"uniform-0.4 winner-0.4 sensitivity-0.4 owl-0.4 uniform-0.5 random-s0-0.4 uniform-0.35 owl-wide-0.4 random-s1-0.4 uniform-0.45"}
+ORDER=${ORDER:-"uniform-0.4 winner-0.4 sensitivity-0.4 uniform-0.5 owl-0.4 random-s0-0.4 uniform-0.35 owl-wide-0.4 random-s1-0.4 uniform-0.45"}
 pairs=()
 for n in $ORDER; do pairs+=("alloc-$n=$CONF/$n.config.json"); done
 stamp "recovering ${#pairs[@]} configs, $STEPS steps each"
 $PY -m bench.recover_batch run "${pairs[@]}" --steps "$STEPS" --tokens "${TOKENS:-256}" --eval-every "$STEPS" \
-  --eval-tokens "${EVAL_TOKENS:-512}" --holdout-tokens 2048
+  --eval-tokens "${EVAL_TOKENS:-256}" --holdout-tokens 2048
 $PY -m bench.recover_batch summary --prefix alloc-
 stamp "all done"

@@ -33,7 +33,8 @@ def _metrics(metrics: Any) -> dict[str, float]:
     return {"ppl": float(metrics.ppl), "kl": float(metrics.kl)}
 
 
-def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eval_every: int, eval_tokens: int, holdout_tokens: int) -> None:
+def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eval_every: int, eval_tokens: int,
+        holdout_tokens: int) -> None:
     from compress.checkpoint import load_compressed
     from compress.config import load_config
     from compress.recover import RecoverSettings, recover
@@ -56,8 +57,8 @@ def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eva
         work = Path(tempfile.mkdtemp(prefix=f"slimscout-{name}-"))
         try:
             result = recover(session, config, work / "model", settings=settings,
-                             on_progress=lambda p: print(f"{name} step {p.step}/{p.steps} loss {p.loss:.4f}"
-                                                         f" {p.search or ''}", flush=True))
+                             on_progress=lambda p, name=name: print(f"{name} step {p.step}/{p.steps} loss "
+                                                                    f"{p.loss:.4f} {p.search or ''}", flush=True))
             recover_s = result.seconds
             after = holdout.evaluate(load_compressed(work / "model"))
         finally:
@@ -71,7 +72,8 @@ def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eva
             "omp_threads": os.environ.get("OMP_NUM_THREADS"),
         }
         path.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"{name}: holdout ppl {before.ppl:.1f} -> {after.ppl:.1f} in {payload['wall_s'] / 60:.1f} min", flush=True)
+        print(f"{name}: holdout ppl {before.ppl:.1f} -> {after.ppl:.1f} in {payload['wall_s'] / 60:.1f} min",
+              flush=True)
 
 
 def summary(prefix: str) -> dict[str, Any]:
@@ -92,8 +94,8 @@ def summary(prefix: str) -> dict[str, Any]:
         result[f"rank_{key}"] = sorted(names, key=lambda n: rows[n][key])
     ref = {n.removeprefix(prefix): rows[n]["after"] for n in names}
     if "winner-0.4" in ref:
-        result["winner_after_vs"] = {k: ref["winner-0.4"] / ref[k] for k in ("uniform-0.4", "sensitivity-0.4", "owl-0.4")
-                                     if k in ref}
+        others = ("uniform-0.4", "sensitivity-0.4", "owl-0.4")
+        result["winner_after_vs"] = {k: ref["winner-0.4"] / ref[k] for k in others if k in ref}
     (OUT / f"{prefix}summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -114,8 +116,8 @@ def main() -> None:
     s.add_argument("--prefix", default="alloc-")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.pairs, model=args.model, out=args.out, steps=args.steps, tokens=args.tokens, eval_every=args.eval_every,
-            eval_tokens=args.eval_tokens, holdout_tokens=args.holdout_tokens)
+        run(args.pairs, model=args.model, out=args.out, steps=args.steps, tokens=args.tokens,
+            eval_every=args.eval_every, eval_tokens=args.eval_tokens, holdout_tokens=args.holdout_tokens)
     else:
         print(json.dumps(summary(args.prefix), indent=2))
 

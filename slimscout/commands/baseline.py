@@ -1,4 +1,4 @@
-"""``slimscout baseline``: write a uniform / OWL / sensitivity config document for a budget."""
+"""``slimscout baseline``: write a baseline allocation's config document for a budget."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--method", required=True, choices=BASELINE_METHODS)
     parser.add_argument(
-        "--operator", "--operators", dest="operator", default="wanda", help="comma-separated operators, e.g. wanda, svd-whitened, nm-2:4, wanda,int8"
+        "--operator", "--operators", dest="operator", default="wanda",
+        help="comma-separated operators, e.g. wanda, svd-whitened, nm-2:4, wanda,int8",
     )
     parser.add_argument("--budget", type=budget_float, required=True, help="kept fraction of linear parameters")
     parser.add_argument("--tokens", type=positive_int, default=None,

@@ -38,7 +38,7 @@ def test_budget_met_and_ranks_within_bounds(session: ModelSession) -> None:
     assert ranks(result.config), "a keep-0.5 allocation factors layers"
     for name, rank in ranks(result.config).items():
         layer = session.by_name[name]
-        assert 1 <= rank and rank * (layer.in_features + layer.out_features) < layer.params
+        assert rank >= 1 and rank * (layer.in_features + layer.out_features) < layer.params
     assert result.config.meta["method"] == "baseline:softlms"
 
 

@@ -76,3 +76,13 @@ def test_the_spec_and_the_strategy_names_import_without_torch_or_optuna() -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "[]"
+
+
+def test_softlms_is_asked_for_by_name_and_only_seeds_low_rank_studies() -> None:
+    """SoftLMs trains (tens of passes): not a default seed; a study of sparsity drops it."""
+    from search.setup import applicable_baselines
+
+    assert "softlms" not in StudySpec(**BASE).baselines
+    asked = {**BASE, "baselines": ["uniform", "owl", "softlms"]}
+    assert applicable_baselines(StudySpec(**asked, operators=["wanda"])) == ["uniform", "owl"]
+    assert applicable_baselines(StudySpec(**asked, operators=["svd-whitened"])) == ["uniform", "softlms"]
