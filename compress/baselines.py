@@ -9,7 +9,7 @@
   bisected so that every block takes the smallest keep whose damage stays under τ. The scan's
   forward passes are counted and cached per (model, data, operator, levels).
 - ``softlms``: learned ranks (Bhatnagar et al. 2024, ``compress.softlms``): a soft threshold on each
-  layer's singular values, trained by distillation plus a budget penalty, then projected onto the
+X
   budget. Low-rank operators only; its training passes are counted and cached like the scan's.
 """
 
