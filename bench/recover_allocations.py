@@ -11,6 +11,8 @@ Usage: python -m bench.recover_allocations OUT_DIR [--budget 0.4] [--operator wa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +45,13 @@ def main() -> None:
     ops = [args.operator]
     session = ModelSession.open(args.model)
     b = args.budget
-    builders = {
+    builders: dict[str, Callable[[], BaselineResult]] = {
         f"uniform-{b}": lambda: uniform(session, b, ops),
         f"owl-{b}": lambda: owl(session, b, ops),
         f"sensitivity-{b}": lambda: sensitivity(session, b, ops),
         f"owl-wide-{b}": lambda: owl(session, b, ops, lam=0.16),
-        **{f"uniform-{k}": (lambda k=k: uniform(session, k, ops)) for k in (0.35, 0.45, 0.5)},
-        **{f"random-s{s}-{b}": (lambda s=s: random_allocation(session, b, ops, s)) for s in range(args.random)},
+        **{f"uniform-{k}": partial(uniform, session, k, ops) for k in (0.35, 0.45, 0.5)},
+        **{f"random-s{s}-{b}": partial(random_allocation, session, b, ops, s) for s in range(args.random)},
     }
     for name, build in builders.items():
         path = args.out / f"{name}.config.json"

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ def _load() -> list[float]:
 
 def _metrics(metrics: Any) -> dict[str, float]:
     return {"ppl": float(metrics.ppl), "kl": float(metrics.kl)}
+
+
+def _report(name: str, progress: Any) -> None:
+    print(f"{name} step {progress.step}/{progress.steps} loss {progress.loss:.4f} {progress.search or ''}", flush=True)
 
 
 def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eval_every: int, eval_tokens: int,
@@ -57,8 +62,7 @@ def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eva
         work = Path(tempfile.mkdtemp(prefix=f"slimscout-{name}-"))
         try:
             result = recover(session, config, work / "model", settings=settings,
-                             on_progress=lambda p, name=name: print(f"{name} step {p.step}/{p.steps} loss "
-                                                                    f"{p.loss:.4f} {p.search or ''}", flush=True))
+                             on_progress=partial(_report, name))
             recover_s = result.seconds
             after = holdout.evaluate(load_compressed(work / "model"))
         finally:
@@ -72,8 +76,8 @@ def run(pairs: list[str], *, model: str, out: Path, steps: int, tokens: int, eva
             "omp_threads": os.environ.get("OMP_NUM_THREADS"),
         }
         path.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"{name}: holdout ppl {before.ppl:.1f} -> {after.ppl:.1f} in {payload['wall_s'] / 60:.1f} min",
-              flush=True)
+        print(f"{name}: holdout ppl {before.ppl:.1f} -> {after.ppl:.1f} in {(time.perf_counter() - start) / 60:.1f}"
+              " min", flush=True)
 
 
 def summary(prefix: str) -> dict[str, Any]:

@@ -107,6 +107,11 @@ def uniform_threshold(levels: Tensor, rank: int) -> float:
 class SoftRankLinear(nn.Module):
     """``left · diag(g(t)) · right`` with a learnable threshold ``t``; the factors are frozen buffers."""
 
+    left: Tensor
+    right: Tensor
+    levels: Tensor
+    bias: Tensor | None
+
     def __init__(self, factors: SVDFactors, bias: Tensor | None, threshold: float, temperature: float) -> None:
         super().__init__()
         self.register_buffer("left", factors.left, persistent=False)

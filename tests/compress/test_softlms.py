@@ -18,7 +18,7 @@ from compress.session import ModelSession
 from compress.softlms import SoftRankLinear, log_sigma, uniform_threshold
 from slimscout.cli import main
 
-FAST = {"steps": 6, "tokens": 64}
+STEPS, TOKENS = 6, 64
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def ranks(config: CompressionConfig) -> dict[str, int]:
 
 
 def test_budget_met_and_ranks_within_bounds(session: ModelSession) -> None:
-    result = softlms(session, 0.5, ["svd-whitened"], **FAST)
+    result = softlms(session, 0.5, ["svd-whitened"], steps=STEPS, tokens=TOKENS)
     cost = session.cost(result.config)  # validates ranks against the model, counts exactly
     assert cost.params == result.allocation.params_kept
     assert abs(result.allocation.keep_ratio - 0.5) <= BUDGET_TOLERANCE * 0.5
@@ -43,11 +43,11 @@ def test_budget_met_and_ranks_within_bounds(session: ModelSession) -> None:
 
 
 def test_ranks_are_learned_not_uniform(session: ModelSession) -> None:
-    result = softlms(session, 0.5, ["svd-whitened"], **FAST)
+    result = softlms(session, 0.5, ["svd-whitened"], steps=STEPS, tokens=TOKENS)
     base = uniform(session, 0.5, ["svd-whitened"])
     assert ranks(result.config) != ranks(base.config)
     history = result.details["history"]
-    assert isinstance(history, list) and len(history) == FAST["steps"]
+    assert isinstance(history, list) and len(history) == STEPS
     start = {layer.name: uniform_threshold(log_sigma(session.svd("svd-whitened")[layer.name]),
                                            int(0.5 * layer.params // (layer.in_features + layer.out_features)))
              for layer in session.layers}
@@ -58,20 +58,20 @@ def test_ranks_are_learned_not_uniform(session: ModelSession) -> None:
 
 
 def test_cached_per_budget_and_settings(session: ModelSession) -> None:
-    first = softlms(session, 0.6, ["svd-whitened"], **FAST)
-    assert first.details["cached"] is False and first.evaluations == FAST["steps"]
-    assert first.details["forward_passes"] == 2 * FAST["steps"] and first.details["backward_passes"] == FAST["steps"]
-    again = build_baseline("softlms", session, 0.6, ["svd-whitened"], **FAST)
+    first = softlms(session, 0.6, ["svd-whitened"], steps=STEPS, tokens=TOKENS)
+    assert first.details["cached"] is False and first.evaluations == STEPS
+    assert first.details["forward_passes"] == 2 * STEPS and first.details["backward_passes"] == STEPS
+    again = build_baseline("softlms", session, 0.6, ["svd-whitened"], steps=STEPS, tokens=TOKENS)
     assert again.details["cached"] is True and again.evaluations == 0
     assert again.config.to_dict() == first.config.to_dict()
-    other = softlms(session, 0.6, ["svd-whitened"], steps=FAST["steps"] + 1, tokens=FAST["tokens"])
+    other = softlms(session, 0.6, ["svd-whitened"], steps=STEPS + 1, tokens=TOKENS)
     assert other.details["cached"] is False
     assert len(list(session.cache_dir.glob("softlms-*.json"))) >= 2
 
 
 def test_needs_a_lowrank_operator(session: ModelSession) -> None:
     with pytest.raises(ConfigError, match="low-rank"):
-        softlms(session, 0.5, ["wanda"], **FAST)
+        softlms(session, 0.5, ["wanda"], steps=STEPS, tokens=TOKENS)
 
 
 def test_soft_rank_linear_is_the_factorisation(session: ModelSession) -> None:
