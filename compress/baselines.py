@@ -11,6 +11,9 @@
 - ``additive``: each layer is compressed alone at a few keep levels and measured
   (``compress.layer_scan``); the allocation minimises the sum of those per-layer KLs under the
   budget by dynamic programming over per-layer keep levels, then one logit shift makes it exact.
+- ``softlms``: learned ranks (Bhatnagar et al. 2024, ``compress.softlms``): a soft threshold on each
+  layer's whitened singular values, trained by distillation while the soft kept count is held on the
+  budget. Low-rank operators only; its training passes are counted and cached like the scan's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from compress.config import CompressionConfig
 from compress.layer_scan import LAYER_SCAN_TOKENS, LayerDamage, additive_allocation, layer_scan
 from compress.scan_cache import read_scan, scan_path, write_scan
 from compress.session import ModelSession
+from compress.softlms import SoftLMsSettings, learned_thresholds, lowrank_operator, project_ranks
 
 log = logging.getLogger(__name__)
 METHODS = BASELINE_METHODS
@@ -238,6 +242,33 @@ def additive(
     )
 
 
+def softlms(
+    session: ModelSession,
+    budget: float,
+    operators: Sequence[str],
+    *,
+    steps: int = SoftLMsSettings.steps,
+    tokens: int = SoftLMsSettings.tokens,
+    dataset: str = "lee-news",
+    on_step: Callable[[int, int], None] | None = None,
+) -> BaselineResult:
+    settings = SoftLMsSettings(steps=steps, tokens=tokens, dataset=dataset)
+    run = learned_thresholds(session, budget, operators, settings, on_step)
+    allocation = project_ranks(session, run, budget, lowrank_operator(operators))
+    passes = 0 if run.cached else run.steps
+    return BaselineResult(
+        "softlms",
+        allocation,
+        _config(session, "softlms", allocation, operators, budget),
+        passes,
+        run.tokens,
+        0.0 if run.cached else run.seconds,
+        {"thresholds": run.thresholds, "history": run.history, "cached": run.cached,
+         "forward_passes": 0 if run.cached else run.forward_passes,
+         "backward_passes": 0 if run.cached else run.backward_passes, "settings": asdict(settings)},
+    )
+
+
 def build_baseline(
     method: str, session: ModelSession, budget: float, operators: Sequence[str], **kwargs: object
 ) -> BaselineResult:
@@ -249,4 +280,6 @@ def build_baseline(
         return sensitivity(session, budget, operators, **kwargs)  # type: ignore[arg-type]
     if method == "additive":
         return additive(session, budget, operators, **kwargs)  # type: ignore[arg-type]
+    if method == "softlms":
+        return softlms(session, budget, operators, **kwargs)  # type: ignore[arg-type]
     raise ConfigError("method", f"unknown baseline {method!r} (one of {', '.join(METHODS)})")

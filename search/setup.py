@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from compress.baselines import BaselineResult, build_baseline
-from compress.budget import SPARSITY_OPERATORS, check_operators
+from compress.budget import LOWRANK_OPERATORS, SPARSITY_OPERATORS, check_operators
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
 from search.optuna_adapter import SETUP_ATTR
@@ -27,6 +27,8 @@ def applicable_baselines(spec: StudySpec) -> list[str]:
     methods = list(spec.baselines)
     if "owl" in methods and param_ops[0] not in SPARSITY_OPERATORS:
         methods.remove("owl")  # OWL allocates unstructured sparsity; it says nothing about ranks
+    if "softlms" in methods and param_ops[0] not in LOWRANK_OPERATORS:
+        methods.remove("softlms")  # SoftLMs learns ranks; it says nothing about sparsity
     return methods
 
 
@@ -51,6 +53,8 @@ def seed_study(
             {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity"
             else {"dataset": spec.dataset} if method == "additive" else {}
         )
+        if method == "softlms":
+            kwargs = {"dataset": spec.dataset}
         result = build_baseline(method, session, spec.budget_ratio, spec.operators, **kwargs)
         results[method] = result
         if f"baseline:{method}" in enqueued:

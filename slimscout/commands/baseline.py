@@ -13,14 +13,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--method", required=True, choices=BASELINE_METHODS)
     parser.add_argument(
-        "--operator", default="wanda", help="comma-separated operators, e.g. wanda, svd-whitened, nm-2:4, wanda,int8"
+        "--operator", "--operators", dest="operator", default="wanda",
+        help="comma-separated operators, e.g. wanda, svd-whitened, nm-2:4, wanda,int8",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget", type=budget_float, help="kept fraction of linear parameters")
     budget.add_argument("--budget-bits", type=bits_float,
                         help="average stored bits per linear-layer weight (quantizers only: gptq, int4, int8, sdq)")
     parser.add_argument("--tokens", type=positive_int, default=None,
-                        help="tokens per sensitivity measurement (default: 512 per block, 256 per layer for additive)")
+                        help="tokens per sensitivity measurement (default: 512 per block, 256 per layer for "
+                             "additive) or per softlms step (default 256)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="softlms: training steps (default 32)")
     parser.add_argument("--out", required=True, help="where to write the config document")
     add_model_options(parser)
     parser.add_argument("--json", action="store_true")
@@ -39,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
     check_budget_kind(operators, bits=bits)
     note(f"loading {args.model} …")
     session = ModelSession.open(args.model, device=args.device, dtype=args.model_dtype)
-    kwargs = {"tokens": args.tokens} if args.method in ("sensitivity", "additive") and args.tokens else {}
+    kwargs: dict[str, object] = {}
+    if args.method in ("sensitivity", "additive", "softlms") and args.tokens:
+        kwargs["tokens"] = args.tokens
+    if args.method == "softlms" and args.steps:
+        kwargs["steps"] = args.steps
+    if args.method == "softlms" and not args.json:
+        kwargs["on_step"] = lambda done, total: note(f"softlms step {done}/{total}")
     budget = args.budget_bits / DENSE_BITS if bits else args.budget
     result = build_baseline(args.method, session, budget, operators, **kwargs)
     result.config.save(args.out)
@@ -51,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         "params_kept": result.allocation.params_kept,
         "evaluations": result.evaluations,
         "seconds": result.seconds,
+        **({key: result.details[key] for key in ("forward_passes", "backward_passes", "cached", "settings")}
+           if args.method == "softlms" else {}),
     }
     if args.json:
         print_json(payload)

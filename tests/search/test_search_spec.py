@@ -91,3 +91,13 @@ def test_a_budget_in_bits_takes_quantizers_only_and_exactly_one_budget_is_given(
             StudySpec.model_validate({"model_id": "tiny-llama", **both_or_none})
     with pytest.raises(ConfigError, match="budget_bits"):
         StudySpec.build(model_id="tiny-llama", budget_bits=17.0, operators=["gptq"])
+
+
+def test_softlms_is_asked_for_by_name_and_only_seeds_low_rank_studies() -> None:
+    """SoftLMs trains (tens of passes): not a default seed; a study of sparsity drops it."""
+    from search.setup import applicable_baselines
+
+    assert "softlms" not in StudySpec(**BASE).baselines
+    asked = {**BASE, "baselines": ["uniform", "owl", "softlms"]}
+    assert applicable_baselines(StudySpec(**asked, operators=["wanda"])) == ["uniform", "owl"]
+    assert applicable_baselines(StudySpec(**asked, operators=["svd-whitened"])) == ["uniform", "softlms"]
