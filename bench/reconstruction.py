@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="quality: the holdout corpus (calibration stays "
                                                                    "the default's)")
     parser.add_argument("--out", type=Path, default=None, help="results file (default <suite>.json)")
-    parser.add_argument("--rows", help="quality: only these comma-separated row names (e.g. rtn-int3-g64)")
+    parser.add_argument("--rows", help="only these comma-separated rows: quality row names (e.g. rtn-int3-g64), "
+                                         "leveldb operators (sparsegpt, gptq)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(os.environ.get("BENCH_THREADS", "1"))))
@@ -135,7 +136,7 @@ def main() -> None:
     else:
         from bench.reconstruction_leveldb import leveldb_bench
 
-        leveldb_bench(out)
+        leveldb_bench(out, set(args.rows.split(",")) if args.rows else None)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,14 @@ def _random_levels(db: LevelDatabase, names: list[str], rng: random.Random, swap
 
 
 def _mutation(db: LevelDatabase, levels: dict[str, int], rng: random.Random) -> dict[str, int]:
-    """EvoPress's offspring: min(U{1,3}, U{1,3}) layers one level up and as many one level down."""
+    """EvoPress's offspring: min(U{1,3}, U{1,3}) layers one level up and as many one level down
+    (a bits grid: that many layers moved to another of their levels)."""
     child = dict(levels)
     for _ in range(min(rng.randint(1, 3), rng.randint(1, 3))):
+        if db.operator != "sparsegpt":
+            name = rng.choice(list(child))
+            child[name] = rng.choice([lv for lv in db.levels(name) if lv != child[name]])
+            continue
         up = rng.choice([n for n in child if child[n] + 1 in db.levels(n)])
         down = rng.choice([n for n in child if n != up and child[n] - 1 in db.levels(n)])
         child[up] += 1
@@ -77,12 +82,11 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
         times.append(db.apply(session, levels))
     # A search's trials: each an offspring of the last (only the moved layers are read and written).
     offspring_times = []
-    if operator == "sparsegpt":
-        levels = zero
-        db.apply(session, levels)
-        for _ in range(TRIALS):
-            levels = _mutation(db, levels, rng)
-            offspring_times.append(db.apply(session, levels))
+    levels = zero
+    db.apply(session, levels)
+    for _ in range(TRIALS):
+        levels = _mutation(db, levels, rng)
+        offspring_times.append(db.apply(session, levels))
     session.restore()
     stats = session.stats()
     probe = names[0]
@@ -103,15 +107,19 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
         "disk_bytes": db.disk_bytes(), "disk_MiB": db.disk_bytes() / 2**20,
         "first_apply_s": first_apply_s, "apply_s_median": statistics.median(times),
         "apply_s_min": min(times), "apply_s_max": max(times), "trials": TRIALS,
-        "offspring_apply_s_median": statistics.median(offspring_times) if offspring_times else None,
-        "offspring_apply_s_max": max(offspring_times) if offspring_times else None,
+        "offspring_apply_s_median": statistics.median(offspring_times),
+        "offspring_apply_s_max": max(offspring_times),
         "holdout_ppl_level0": ppl_level0, "bit_identical_probe": identical,
         "torch_threads": torch.get_num_threads(), "loadavg_end": os.getloadavg(),
     })
 
 
-def leveldb_bench(out: Path) -> None:
+GRIDS: dict[str, LevelGrid] = {"sparsegpt": KeepGrid(keep=0.5, levels=1), "gptq": BitsGrid(bits=(3, 4))}
+
+
+def leveldb_bench(out: Path, operators: set[str] | None = None) -> None:
     session = ModelSession.open(MODEL)
     evaluator = session.evaluator(split="holdout", tokens=4096)
-    _bench_one(out, session, evaluator, "sparsegpt", KeepGrid(keep=0.5, levels=1))
-    _bench_one(out, session, evaluator, "gptq", BitsGrid(bits=(3, 4)))
+    for operator, grid in GRIDS.items():
+        if operators is None or operator in operators:
+            _bench_one(out, session, evaluator, operator, grid)
