@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compress.leveldb import BitsGrid, KeepGrid, LevelDatabase, LevelGrid
+from compress.leveldb import LEVEL_OPERATORS, BitsGrid, KeepGrid, LevelDatabase, LevelGrid
 from compress.ops import gptq, sparsegpt
 from compress.session import ModelSession
 
@@ -92,12 +92,14 @@ def _bench_one(out: Path, session: ModelSession, evaluator: Any, operator: str, 
     probe = names[0]
     if operator == "sparsegpt":
         params = db.manifest["layers"][probe]["levels"]["1"]
-        direct = sparsegpt(session.dense_weight(probe), stats.gram(probe), sparsity=params["sparsity"])
+        direct = sparsegpt(session.dense_weight(probe), stats.gram(probe), sparsity=params["sparsity"],
+                           percdamp=LEVEL_OPERATORS[operator].percdamp)
         identical = bool(torch.equal(db.weight(probe, 1), direct))
     else:
         bits = max(db.levels(probe))
         params = db.manifest["layers"][probe]["levels"][str(bits)]
-        direct = gptq(session.dense_weight(probe), stats.gram(probe), bits=bits, group_size=params["group_size"]).weight
+        direct = gptq(session.dense_weight(probe), stats.gram(probe), bits=bits, group_size=params["group_size"],
+                      percdamp=LEVEL_OPERATORS[operator].percdamp).weight
         identical = bool(torch.equal(db.weight(probe, bits), direct))
     record_row(out, {
         "name": name, "operator": operator, "grid": grid.spec(), "layers": len(names),

@@ -37,6 +37,8 @@ from torch import Tensor, nn
 
 from common.errors import ConfigError, SlimscoutError
 from compress.layers import LinearLayer
+from compress.operators import gptq as gptq_operator
+from compress.operators import sparsegpt as sparsegpt_operator
 from compress.ops import QuantizedWeight, default_group_size, gptq, pruned_per_row, sparsegpt
 
 MANIFEST = "manifest.json"
@@ -140,23 +142,29 @@ class LevelGrid(Protocol):
 class LevelOperator(Protocol):
     """Compresses one layer at one level into stored tensors, and turns them back into a weight."""
 
+    percdamp: float  # Hessian dampening: part of the database's identity
+
     def encode(self, weight: Tensor, gram: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]: ...
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor: ...
 
 
 class SparseGPTLevels:
+    percdamp = sparsegpt_operator.DAMPENING  # the operator's, so a level equals the operator at that setting
+
     def encode(self, weight: Tensor, gram: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
-        return {"weight": sparsegpt(weight, gram, sparsity=params["sparsity"])}
+        return {"weight": sparsegpt(weight, gram, sparsity=params["sparsity"], percdamp=self.percdamp)}
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor:
         return tensors["weight"]
 
 
 class GPTQLevels:
+    percdamp = gptq_operator.DAMPENING
+
     def encode(self, weight: Tensor, gram: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
         q = gptq(weight, gram, bits=params["bits"], group_size=params["group_size"],
-                 act_order=params["act_order"]).quantized
+                 act_order=params["act_order"], percdamp=self.percdamp).quantized
         return {"codes": q.codes, "scales": q.scales, "zeros": q.zeros}
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor:
@@ -208,7 +216,9 @@ class LevelDatabase:
     # -- building ------------------------------------------------------------------------------
     @staticmethod
     def default_directory(session: Any, operator: str, grid: LevelGrid) -> Path:
-        digest = hashlib.sha256(json.dumps(grid.spec(), sort_keys=True).encode()).hexdigest()[:12]
+        identity = {**grid.spec(), "percdamp": LEVEL_OPERATORS[operator].percdamp} if operator in LEVEL_OPERATORS \
+            else grid.spec()
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         return Path(session.cache_dir) / "leveldb" / f"{operator}-{digest}"
 
     @classmethod
@@ -227,7 +237,8 @@ class LevelDatabase:
         op = LEVEL_OPERATORS[operator]
         levels = grid.layer_levels(session.layers)
         directory = directory or cls.default_directory(session, operator, grid)
-        expected = {"version": FORMAT_VERSION, **_identity(session), "operator": operator, "grid": grid.spec()}
+        expected = {"version": FORMAT_VERSION, **_identity(session), "operator": operator, "grid": grid.spec(),
+                    "percdamp": op.percdamp}
         path = directory / MANIFEST
         if path.is_file():
             manifest = cls._read_manifest(path)

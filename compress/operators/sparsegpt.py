@@ -24,7 +24,10 @@ from compress.operators.base import LayerContext, SparsityHandler
 from compress.operators.layer_cache import layer_result
 from compress.ops import pruned_per_row, sparsegpt
 
-DAMPENING = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's default)
+# Fraction of the mean Hessian diagonal added to it. SparseGPT's own default is 0.01; on smollm2-135m
+# with 4,096 calibration tokens 0.1 is better on held-out news (keep 0.5: 56.61 against 57.89; 0.4:
+# 109.73 against 111.45) and on Wikipedia (0.5: 55.59 against 76.36), bench/results/reconstruction/.
+DAMPENING = 0.1
 
 
 def setting_key(cols: int, spec: SparsitySpec) -> str:

@@ -18,6 +18,8 @@ from compress.leveldb import (
     LevelDatabaseError,
     narrowest_exact,
 )
+from compress.operators import gptq as gptq_operator
+from compress.operators import sparsegpt as sparsegpt_operator
 from compress.ops import gptq, pruned_per_row, sparsegpt
 from compress.session import ModelSession
 
@@ -40,7 +42,8 @@ def test_applied_from_the_database_is_bit_identical_to_the_operator(session: Mod
     for name, level in levels.items():
         layer = session.by_name[name]
         sparsity = db.manifest["layers"][name]["levels"][str(level)]["sparsity"]
-        expected = sparsegpt(session.dense_weight(name), stats.gram(name), sparsity=sparsity)
+        expected = sparsegpt(session.dense_weight(name), stats.gram(name), sparsity=sparsity,
+                             percdamp=sparsegpt_operator.DAMPENING)
         assert torch.equal(session.modules[name].weight, expected), name
         zeros = (session.modules[name].weight == 0).sum(dim=1)
         step = GRID.resolved_step(session.layers) // layer.out_features
@@ -61,7 +64,8 @@ def test_levels_are_budget_neutral_swaps(session: ModelSession) -> None:
 def test_gptq_levels_decode_to_the_operator_result(session: ModelSession) -> None:
     db = LevelDatabase.build(session, "gptq", BitsGrid(bits=(3, 4), group_size=32))
     name = session.layers[1].name
-    expected = gptq(session.dense_weight(name), session.stats().gram(name), bits=3, group_size=32).weight
+    expected = gptq(session.dense_weight(name), session.stats().gram(name), bits=3, group_size=32,
+                    percdamp=gptq_operator.DAMPENING).weight
     assert torch.equal(db.weight(name, 3), expected)
     assert db.levels(name) == [3, 4]
     with pytest.raises(ConfigError, match="level 8 is not in the database grid"):

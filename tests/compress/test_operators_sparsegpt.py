@@ -12,7 +12,7 @@ from compress.baselines import uniform as uniform_baseline
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, LowRankSpec, SparsitySpec
 from compress.operators.base import output_error
-from compress.operators.sparsegpt import HANDLER, setting_key
+from compress.operators.sparsegpt import DAMPENING, HANDLER, setting_key
 from compress.ops import pruned_per_row, sparsegpt
 from compress.session import ModelSession
 
@@ -32,7 +32,8 @@ def test_applied_weights_are_the_operator_on_the_dense_gram_with_exact_counts(se
     with session.applied(config):
         for layer in session.layers:
             weight = session.modules[layer.name].weight
-            expected = sparsegpt(session.dense_weight(layer.name), session.stats().gram(layer.name), sparsity=0.5)
+            expected = sparsegpt(session.dense_weight(layer.name), session.stats().gram(layer.name), sparsity=0.5,
+                                 percdamp=DAMPENING)
             assert torch.equal(weight, expected)
             zeros = (weight == 0).sum(dim=1)
             assert torch.all(zeros == pruned_per_row(layer.in_features, 0.5))
