@@ -17,7 +17,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from common.errors import ConfigError
 from compress.baseline_methods import BASELINE_METHODS, DEFAULT_BASELINES
@@ -147,11 +157,23 @@ class StudySpec(BaseModel):
             raise ValueError(f"at most one quantizer, got {', '.join(quantizers)}")
         return operators
 
-    @model_validator(mode="after")
-    def _one_budget(self) -> StudySpec:
-        if (self.budget is None) == (self.budget_bits is None):
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_budget(cls, data: Any, handler: ModelWrapValidatorHandler[StudySpec]) -> StudySpec:
+        """Exactly one budget. Neither is reported as ``budget`` missing, beside the other fields' errors."""
+        if isinstance(data, dict) and data.get("budget") is None and data.get("budget_bits") is None:
+            missing = InitErrorDetails(type="missing", loc=("budget",), input=data)
+            try:
+                handler(data)
+            except ValidationError as exc:
+                others = [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {}))
+                          for e in exc.errors()]
+                raise ValidationError.from_exception_data(cls.__name__, [*others, missing]) from None
+            raise ValidationError.from_exception_data(cls.__name__, [missing])
+        spec = handler(data)
+        if spec.budget is not None and spec.budget_bits is not None:
             raise ValueError("give exactly one of budget (kept fraction of parameters) and budget_bits")
-        return self
+        return spec
 
     @property
     def budget_ratio(self) -> float:

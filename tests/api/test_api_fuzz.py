@@ -1,7 +1,7 @@
 """Schemathesis against the app's own OpenAPI schema, in process: no 5xx, every response as documented.
 
 With a token, each operation gets schema-valid requests (with random study ids, and with the id of
-a study that has trials and a checkpoint, so the 200 paths run too) and schema-invalid ones; then a
+a study that has trials and checkpoints, so the 200 paths run too) and schema-invalid ones; then a
 cheaper pass without a token, where every /v1 call must be a documented 401. Deterministic:
 Hypothesis is derandomized and keeps no example database.
 """
@@ -48,7 +48,7 @@ Sent = Counter[tuple[str, int]]  # (operation label, status code) -> requests
 
 @pytest.fixture
 def seeded(make_client: MakeClient, worker: FakeWorker, tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
-    """An app with two tokens, model and data roots, and one of alice's studies with trials and a checkpoint."""
+    """An app with two tokens, model and data roots, and one of alice's studies with trials and checkpoints."""
     models, data, export = tmp_path / "models", tmp_path / "data", tmp_path / "export"
     (models / "good").mkdir(parents=True)
     (models / "good" / "config.json").write_text("{}")
@@ -62,8 +62,8 @@ def seeded(make_client: MakeClient, worker: FakeWorker, tmp_path: Path) -> Itera
     study = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget": 0.5}, headers=TOKEN).json()
     worker.add(study["optuna_study_name"], [0.3, 0.2, 0.4])
     with session_scope(get_engine(client.app.state.settings.storage_url)) as session:  # type: ignore[attr-defined]
-        add_artifact(session, study_id=study["id"], kind="checkpoint", path=str(export), size_bytes=2,
-                     sha256="0" * 64)
+        for kind in ("checkpoint", "recovered-checkpoint"):
+            add_artifact(session, study_id=study["id"], kind=kind, path=str(export), size_bytes=2, sha256="0" * 64)
     yield client, study["id"]
     shutdown_lifespans()  # schemathesis keeps the app's lifespan running until told
 

@@ -70,8 +70,8 @@ def test_additive_baseline_meets_the_budget_and_follows_the_scan(session: ModelS
     assert result.evaluations == len(session.layers) * len(layer_scan_levels(budget))
     assert result.config.meta["method"] == "baseline:additive"
     damage = LayerDamage(session.layers, cached_layer_scan(session, budget, ["wanda"], tokens=32) or {})
-    at_budget = {layer.name: float(damage.of_layer(i, budget)) for i, layer in enumerate(session.layers)}
-    most = max(at_budget, key=at_budget.__getitem__)
-    least = min(at_budget, key=at_budget.__getitem__)
-    assert at_budget[most] > at_budget[least]
-    assert result.allocation.keep[most] > result.allocation.keep[least]
+    # The allocation follows the scan: its summed solo damage is below the uniform allocation's at the same
+    # budget. (Comparing two single layers is not a property of the optimum: on tiny-llama's near-zero KLs a
+    # cheap-to-keep small layer may keep more than a more damaged large one.)
+    keep = np.array([result.allocation.keep[layer.name] for layer in session.layers])
+    assert float(damage.per_layer(keep).sum()) < float(damage.per_layer(np.full(len(keep), budget)).sum())

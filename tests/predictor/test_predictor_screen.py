@@ -96,7 +96,7 @@ def test_cross_validated_quality() -> None:
         return XGBPredictor(seed=0, n_models=4, n_estimators=100)
 
     quality = cross_validated_quality(X, y, factory, folds=5, seed=0)
-    assert set(quality) == {"spearman", "mae", "n_train", "folds", "pairs"}
+    assert set(quality) == {"spearman", "spearman_top", "n_top", "mae", "n_train", "folds", "pairs"}
     assert quality["n_train"] == 30 and quality["folds"] == 5 and len(quality["pairs"]) == 30
     assert quality["spearman"] > 0.9 and quality["mae"] < 0.3
     assert [m for _, m in quality["pairs"]] == pytest.approx(list(y))
