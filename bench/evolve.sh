@@ -3,7 +3,7 @@
 # 1,024 tokens per full evaluation (two 512-token chunks), uniform/owl/sensitivity seeds, winner and seeds re-measured on
 # 4,096 holdout tokens). JSON to bench/results/search/evolve/NAME.json, the study in NAME.db beside it.
 # Usage: bash bench/evolve.sh BUDGET OPERATOR STRATEGY TRIALS SEED
-#   e.g. nice -n 5 env OMP_NUM_THREADS=1 bash bench/evolve.sh 0.4 wanda evolve 160 0
+#   e.g. nice -n 5 env OMP_NUM_THREADS=1 bash bench/evolve.sh 0.4 wanda evolve 41 0   (the run in BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
