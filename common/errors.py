@@ -27,6 +27,13 @@ class ConfigError(SlimscoutError):
         self.field = field
         self.reason = message
 
+    @classmethod
+    def check(cls, owner: object, checks: list[tuple[str, bool, str]]) -> None:
+        """Raise for the first ``(field, ok, message)`` that is not ok, quoting ``owner``'s value of it."""
+        for name, ok, message in checks:
+            if not ok:
+                raise cls(name, f"{message}, got {getattr(owner, name)!r}")
+
 
 class BudgetError(SlimscoutError):
     """A budget that cannot be met (outside (0, 1], or below what the operators can reach)."""

@@ -89,9 +89,7 @@ class RecoverSettings:
                   ("patience", self.patience >= 0, "must be >= 0"),
                   ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
                   ("max_grad_norm", self.max_grad_norm > 0, "must be > 0")]
-        for name, ok, message in checks:
-            if not ok:
-                raise ConfigError(name, f"{message}, got {getattr(self, name)!r}")
+        ConfigError.check(self, checks)
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,7 @@ class SoftLMsSettings:
     def __post_init__(self) -> None:
         checks = [("steps", self.steps >= 1, "must be at least 1"), ("tokens", self.tokens >= 8, "must be at least 8"),
                   ("lr", self.lr > 0, "must be > 0"), ("temperature", self.temperature > 0, "must be > 0")]
-        for name, ok, message in checks:
-            if not ok:
-                raise ConfigError(name, f"{message}, got {getattr(self, name)!r}")
+        ConfigError.check(self, checks)
 
 
 @dataclass
