@@ -52,6 +52,7 @@ from compress.export import (
     staged_directory,
 )
 from compress.layers import count_params
+from compress.lr_schedule import LR_SCHEDULES, learning_rate
 from compress.measure import ENCODER_SEQ_LEN, Evaluator, Metrics
 from compress.ops import unstructured_mask
 from compress.recover_modules import ConstrainedLayer, FactoredLinear, MaskedLinear
@@ -66,10 +67,13 @@ CHECKPOINT_FORMAT = "slimscout.recover-checkpoint/v1"
 class RecoverSettings:
     """How to recover. ``tokens`` is per optimizer step (one causal sequence of that length, or
     ``tokens // 128`` encoder windows); ``patience`` evaluations without a better search score stop
-    the run early (0: never)."""
+    the run early (0: never); ``schedule`` names an entry of ``LR_SCHEDULES``, applied after
+    ``warmup`` linear-warmup steps."""
 
     steps: int = 120
     lr: float = 1e-4
+    schedule: str = "cosine"
+    warmup: int = 0
     tokens: int = 512
     hidden_weight: float = 0.0
     eval_every: int = 20
@@ -82,6 +86,8 @@ class RecoverSettings:
 
     def __post_init__(self) -> None:
         checks = [("steps", self.steps >= 1, "must be at least 1"), ("lr", self.lr > 0, "must be > 0"),
+                  ("schedule", self.schedule in LR_SCHEDULES, f"must be one of {sorted(LR_SCHEDULES)}"),
+                  ("warmup", 0 <= self.warmup <= self.steps, "must be between 0 and steps"),
                   ("tokens", self.tokens >= 8, "must be at least 8"),
                   ("hidden_weight", self.hidden_weight >= 0, "must be >= 0"),
                   ("eval_every", self.eval_every >= 1, "must be at least 1"),
@@ -338,6 +344,9 @@ class _Run:
                                  hidden_weight=self.settings.hidden_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.settings.lr, self.settings.schedule, self.settings.warmup,
+                                        self.step, self.settings.steps)
         torch.nn.utils.clip_grad_norm_(self.params.values(), self.settings.max_grad_norm)
         self.optimizer.step()
         for layer in self.layers.values():
@@ -426,6 +435,7 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
     run.load_best()
     meta = {**config.meta, "recovered": {
         "steps": settings.steps, "steps_run": run.step, "best_step": run.best_step, "lr": settings.lr,
+        "schedule": settings.schedule, "warmup": settings.warmup,
         "tokens_per_step": settings.tokens, "tokens_seen": run.step * settings.tokens,
         "hidden_weight": settings.hidden_weight, "seed": settings.seed, "dataset": settings.dataset,
         "train_split": "calibration", "early_stop_split": "search", "eval_tokens": settings.eval_tokens,

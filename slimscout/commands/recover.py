@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compress.lr_schedule import LR_SCHEDULES
 from slimscout.commands._common import add_model_options, non_negative_int, note, positive_int, print_result
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--out", required=True, help="directory to write the recovered model to")
     parser.add_argument("--steps", type=positive_int, default=120, help="optimizer steps (default 120)")
     parser.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument("--schedule", choices=sorted(LR_SCHEDULES), default="cosine",
+                        help="learning-rate schedule after the warmup (default cosine, to 0 at the last step)")
+    parser.add_argument("--warmup", type=non_negative_int, default=0,
+                        help="linear learning-rate warmup steps (default 0)")
     parser.add_argument("--tokens", type=positive_int, default=512,
                         help="calibration tokens per step: one sequence (causal) or tokens/128 windows "
                              "(encoder); default 512")
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from compress.recover import RecoverSettings, recover
     from compress.session import ModelSession
 
-    settings = RecoverSettings(steps=args.steps, lr=args.lr, tokens=args.tokens, hidden_weight=args.hidden_weight,
+    settings = RecoverSettings(steps=args.steps, lr=args.lr, schedule=args.schedule, warmup=args.warmup,
+                               tokens=args.tokens, hidden_weight=args.hidden_weight,
                                eval_every=args.eval_every, eval_tokens=args.eval_tokens, patience=args.patience,
                                seed=args.seed)
     config = load_config(args.config)  # validate before the slow load

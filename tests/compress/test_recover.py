@@ -17,6 +17,7 @@ from compress.catalog import load_model
 from compress.config import CompressionConfig, config_from_dict
 from compress.export import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME, LowRankLinear, load_compressed
 from compress.ops import fake_quant, sdq
+from compress.lr_schedule import learning_rate
 from compress.recover import CHECKPOINT_NAME, Progress, RecoverSettings, _Run, distillation_loss, recover
 from compress.recover_modules import FactoredLinear, MaskedLinear
 from compress.session import ModelSession
@@ -92,6 +93,16 @@ def latent_quantized(module: nn.Module, cfg_quant: dict[str, Any]) -> list[torch
         n, m = (int(x) for x in outliers.split(":"))
         return [sdq(w.detach(), bits, group, n, m) for w in latents]
     return [fake_quant(w.detach(), bits, group) for w in latents]
+
+
+def test_each_step_trains_at_the_scheduled_rate(session: ModelSession) -> None:
+    run = _Run(session, make_config(MIX), RecoverSettings(steps=6, lr=1e-3, warmup=2, tokens=64, eval_tokens=128))
+    rates = []
+    for _ in range(6):
+        run.train_step()
+        rates.append(run.optimizer.param_groups[0]["lr"])
+    assert rates == [learning_rate(1e-3, "cosine", 2, step, 6) for step in range(6)]
+    assert rates[0] == pytest.approx(0.5e-3) and rates[1] < 1e-3 and rates[-1] < rates[-2]
 
 
 def test_training_keeps_zeros_ranks_and_grids(session: ModelSession) -> None:
