@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -10,7 +11,7 @@ def test_cosine_starts_at_the_base_rate_and_decays_to_zero_at_the_last_step() ->
     assert rates[0] == pytest.approx(1e-3)
     assert rates[5] == pytest.approx(0.5e-3)
     assert rates[10] == pytest.approx(0.0, abs=1e-18)
-    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(rates))
 
 
 def test_warmup_rises_linearly_then_hands_over_to_the_schedule() -> None:

@@ -16,8 +16,8 @@ from common.errors import ConfigError
 from compress.catalog import load_model
 from compress.config import CompressionConfig, config_from_dict
 from compress.export import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME, LowRankLinear, load_compressed
-from compress.ops import fake_quant, sdq
 from compress.lr_schedule import learning_rate
+from compress.ops import fake_quant, sdq
 from compress.recover import CHECKPOINT_NAME, Progress, RecoverSettings, _Run, distillation_loss, recover
 from compress.recover_modules import FactoredLinear, MaskedLinear
 from compress.session import ModelSession
