@@ -68,12 +68,15 @@ class RecoverSettings:
     """How to recover. ``tokens`` is per optimizer step (one causal sequence of that length, or
     ``tokens // 128`` encoder windows); ``patience`` evaluations without a better search score stop
     the run early (0: never); ``schedule`` names an entry of ``LR_SCHEDULES``, applied after
-    ``warmup`` linear-warmup steps."""
+    ``warmup`` linear-warmup steps. ``bf16`` runs the training forward and backward passes under
+    bfloat16 autocast (the weights, the optimizer and every evaluation stay float32): 1.6-2.3x faster
+    per step on an AVX-512-BF16 CPU (smollm2-135m, 512 tokens), so more steps fit a time budget."""
 
     steps: int = 120
     lr: float = 1e-4
     schedule: str = "cosine"
     warmup: int = 0
+    bf16: bool = False
     tokens: int = 512
     hidden_weight: float = 0.0
     eval_every: int = 20
@@ -340,8 +343,9 @@ class _Run:
 
     def train_step(self) -> float:
         ids = self.sampler.next().to(self.session.device)
-        loss = distillation_loss(self.student, self.session.model, ids, causal=self.causal,
-                                 hidden_weight=self.settings.hidden_weight)
+        with torch.autocast(self.session.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
+            loss = distillation_loss(self.student, self.session.model, ids, causal=self.causal,
+                                     hidden_weight=self.settings.hidden_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.optimizer.param_groups:
@@ -435,7 +439,7 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
     run.load_best()
     meta = {**config.meta, "recovered": {
         "steps": settings.steps, "steps_run": run.step, "best_step": run.best_step, "lr": settings.lr,
-        "schedule": settings.schedule, "warmup": settings.warmup,
+        "schedule": settings.schedule, "warmup": settings.warmup, "bf16": settings.bf16,
         "tokens_per_step": settings.tokens, "tokens_seen": run.step * settings.tokens,
         "hidden_weight": settings.hidden_weight, "seed": settings.seed, "dataset": settings.dataset,
         "train_split": "calibration", "early_stop_split": "search", "eval_tokens": settings.eval_tokens,

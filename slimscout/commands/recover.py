@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="learning-rate schedule after the warmup (default cosine, to 0 at the last step)")
     parser.add_argument("--warmup", type=non_negative_int, default=0,
                         help="linear learning-rate warmup steps (default 0)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train under bfloat16 autocast (weights, optimizer and evaluations stay float32)")
     parser.add_argument("--tokens", type=positive_int, default=512,
                         help="calibration tokens per step: one sequence (causal) or tokens/128 windows "
                              "(encoder); default 512")
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from compress.session import ModelSession
 
     settings = RecoverSettings(steps=args.steps, lr=args.lr, schedule=args.schedule, warmup=args.warmup,
+                               bf16=args.bf16,
                                tokens=args.tokens, hidden_weight=args.hidden_weight,
                                eval_every=args.eval_every, eval_tokens=args.eval_tokens, patience=args.patience,
                                seed=args.seed)

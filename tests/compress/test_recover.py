@@ -105,6 +105,23 @@ def test_each_step_trains_at_the_scheduled_rate(session: ModelSession) -> None:
     assert rates[0] == pytest.approx(0.5e-3) and rates[1] < 1e-3 and rates[-1] < rates[-2]
 
 
+def test_bf16_autocast_trains_the_float32_weights_and_keeps_the_zeros(session: ModelSession) -> None:
+    layers = {name: MIX[name] for name in (f"{L0}.mlp.up_proj", f"{L1}.self_attn.k_proj")}
+    settings = RecoverSettings(steps=4, lr=1e-2, tokens=64, eval_tokens=128, bf16=True)
+    config = make_config(layers)
+    run = _Run(session, config, settings)
+    before = {name: p.detach().clone() for name, p in run.params.items()}
+    for _ in range(4):
+        run.train_step()
+    assert all(p.dtype == torch.float32 for p in run.params.values())
+    assert any(not torch.equal(before[name], p) for name, p in run.params.items())
+    model = run.baked()
+    for name in layers:
+        weight = model.get_submodule(name).weight
+        assert weight.dtype == torch.float32
+        assert int((weight != 0).sum()) == int((session.compressed_weight(name, config.layers[name]) != 0).sum())
+
+
 def test_training_keeps_zeros_ranks_and_grids(session: ModelSession) -> None:
     config = make_config(MIX)
     reference = before_weights(session, config)
