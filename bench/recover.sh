@@ -2,14 +2,16 @@
 # Recovery by distillation on the real model: holdout (and search) perplexity before and after
 # `slimscout recover`, same settings for every config. Configs run one after another (2 shared cores).
 # Usage: bash bench/recover.sh NAME=CONFIG ...   (writes bench/results/recover/NAME.*)
-# Env: MODEL (smollm2-135m), STEPS (default 120), TOKENS (per step, 512), EVAL_EVERY (20), EVAL_TOKENS (1024), PY (default /work/main/.venv/bin/python), KEEP_MODELS=1 to keep the exports.
+# Env: MODEL (smollm2-135m), STEPS (default 120), TOKENS (per step, 512), EVAL_EVERY (20), EVAL_TOKENS (1024),
+#      LR (1e-4), SCHEDULE (cosine), WARMUP (0), BF16=1 for --bf16, PY (default /work/main/.venv/bin/python),
+#      OUT (bench/results/recover), KEEP_MODELS=1 to keep the exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD
 PY=${PY:-/work/main/.venv/bin/python}
 STEPS=${STEPS:-120}
 MODEL=${MODEL:-smollm2-135m}
-OUT=bench/results/recover
+OUT=${OUT:-bench/results/recover}
 MODELS=${MODELS:-/tmp/slimscout-recover-models}
 mkdir -p "$OUT" "$MODELS"
 S() { $PY -m slimscout.cli "$@"; }
@@ -21,10 +23,12 @@ for pair in "$@"; do
     S evaluate --model "$MODEL" --config "$config" --split holdout --tokens 2048 --json \
       > "$OUT/$name.before-holdout.json" 2>>"$log"
   start=$(date +%s)
+  bf16=(); [ "${BF16:-0}" = 1 ] && bf16=(--bf16)
   resume=(); [ -f "$MODELS/$name.recover-checkpoint/checkpoint.pt" ] && resume=(--resume)
   S recover --model "$MODEL" --config "$config" --out "$MODELS/$name" --steps "$STEPS" --force --json \
     --tokens "${TOKENS:-512}" --eval-every "${EVAL_EVERY:-20}" --eval-tokens "${EVAL_TOKENS:-1024}" \
-    "${resume[@]}" > "$OUT/$name.recover.json" 2>>"$log"
+    --lr "${LR:-1e-4}" --schedule "${SCHEDULE:-cosine}" --warmup "${WARMUP:-0}" \
+    "${resume[@]}" "${bf16[@]}" > "$OUT/$name.recover.json" 2>>"$log"
   echo "[$(date -u +%FT%TZ)] $name: recovered in $(( $(date +%s) - start )) s wall; loadavg $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
   S evaluate --model "$MODELS/$name" --split holdout --tokens 2048 --json > "$OUT/$name.after-holdout.json" 2>>"$log"
   S evaluate --model "$MODELS/$name" --split search --tokens 2048 --json > "$OUT/$name.after-search.json" 2>>"$log"

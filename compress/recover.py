@@ -67,10 +67,12 @@ CHECKPOINT_FORMAT = "slimscout.recover-checkpoint/v1"
 class RecoverSettings:
     """How to recover. ``tokens`` is per optimizer step (one causal sequence of that length, or
     ``tokens // 128`` encoder windows); ``patience`` evaluations without a better search score stop
-    the run early (0: never); ``schedule`` names an entry of ``LR_SCHEDULES``, applied after
-    ``warmup`` linear-warmup steps. ``bf16`` runs the training forward and backward passes under
-    bfloat16 autocast (the weights, the optimizer and every evaluation stay float32): 1.6-2.3x faster
-    per step on an AVX-512-BF16 CPU (smollm2-135m, 512 tokens), so more steps fit a time budget."""
+    the run early (0: never), and so does a training time over ``max_minutes`` (a guard for a time
+    budget: the schedule still spans ``steps``, so choose steps that fit). ``schedule`` names an
+    entry of ``LR_SCHEDULES``, applied after ``warmup`` linear-warmup steps. ``bf16`` runs the
+    training forward and backward passes under bfloat16 autocast (the weights, the optimizer and
+    every evaluation stay float32): about 2x faster per step on an AVX-512-BF16 CPU (smollm2-135m,
+    512 tokens) at the same search-split KL after 60 steps, so more steps fit a time budget."""
 
     steps: int = 120
     lr: float = 1e-4
@@ -82,6 +84,7 @@ class RecoverSettings:
     eval_every: int = 20
     eval_tokens: int = 1024
     patience: int = 0
+    max_minutes: float | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -96,6 +99,7 @@ class RecoverSettings:
                   ("eval_every", self.eval_every >= 1, "must be at least 1"),
                   ("eval_tokens", self.eval_tokens >= 2, "must be at least 2"),
                   ("patience", self.patience >= 0, "must be >= 0"),
+                  ("max_minutes", self.max_minutes is None or self.max_minutes > 0, "must be > 0"),
                   ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
                   ("max_grad_norm", self.max_grad_norm > 0, "must be > 0")]
         ConfigError.check(self, checks)
@@ -424,13 +428,14 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
         elapsed = time.perf_counter() - start
         eta = elapsed / (run.step - first_step) * (settings.steps - run.step)
         record_or_none, better, saved = None, False, None
-        if run.step % settings.eval_every == 0 or run.step == settings.steps:
+        out_of_time = settings.max_minutes is not None and run.seconds + elapsed >= settings.max_minutes * 60
+        if run.step % settings.eval_every == 0 or run.step == settings.steps or out_of_time:
             record_or_none, better = run.evaluate()
             save_checkpoint(ckpt, run.state(fingerprint, run.seconds + time.perf_counter() - start))
             saved = ckpt
         _report(on_progress, Progress(run.step, settings.steps, loss, run.seconds + elapsed, eta,
                                       record_or_none, better, saved))
-        if record_or_none is not None and settings.patience and run.stale >= settings.patience:
+        if out_of_time or (record_or_none is not None and settings.patience and run.stale >= settings.patience):
             stopped_early = True
             break
     seconds = run.seconds + time.perf_counter() - start

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="search-split tokens per evaluation (default 1024)")
     parser.add_argument("--patience", type=non_negative_int, default=0,
                         help="stop after N evaluations without improvement (default 0: never)")
+    parser.add_argument("--max-minutes", type=_positive_float, default=None,
+                        help="stop training after this many minutes (evaluated, best state kept); the "
+                             "schedule still spans --steps, so choose steps that fit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training-window sampler")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT.recover-checkpoint/ (a run refuses to start while one "
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                                bf16=args.bf16,
                                tokens=args.tokens, hidden_weight=args.hidden_weight,
                                eval_every=args.eval_every, eval_tokens=args.eval_tokens, patience=args.patience,
+                               max_minutes=args.max_minutes,
                                seed=args.seed)
     config = load_config(args.config)  # validate before the slow load
     check_target(Path(args.out).expanduser().absolute(), force=args.force)

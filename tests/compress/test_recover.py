@@ -225,6 +225,16 @@ def test_a_killed_run_resumes_to_the_same_result(session: ModelSession, tmp_path
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_time_budget_stops_training_evaluated_with_the_best_state_written(session: ModelSession,
+                                                                           tmp_path: Path) -> None:
+    settings = RecoverSettings(steps=50, lr=1e-3, tokens=64, eval_every=20, eval_tokens=128, max_minutes=1e-9)
+    result = recover(session, make_config(MIX), tmp_path / "timed", settings=settings)
+    assert (result.steps_run, result.stopped_early) == (1, True)
+    assert [h["step"] for h in result.history] == [0.0, 1.0]  # the last step evaluated before stopping
+    meta = json.loads((tmp_path / "timed" / CONFIG_NAME).read_text())["meta"]["recovered"]
+    assert meta["steps_run"] == 1 and meta["search_after"] == result.after
+
+
 def test_output_loads_like_an_export_and_records_the_recovery(session: ModelSession, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(MIX)
