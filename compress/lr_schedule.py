@@ -22,5 +22,5 @@ def learning_rate(lr: float, schedule: str, warmup: int, step: int, steps: int) 
     """The rate of the optimizer step that follows ``step`` completed steps: a linear warmup over
     ``warmup`` steps, then ``schedule``'s factor. A pure function of the step, so a resumed run sets
     exactly the rates an uninterrupted one would."""
-    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0  # a warmup longer than the run never ends
     return lr * warm * LR_SCHEDULES[schedule](step, steps)

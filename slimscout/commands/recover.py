@@ -40,11 +40,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--config", required=True, help="config document (slimscout.config/v1 JSON)")
     parser.add_argument("--out", required=True, help="directory to write the recovered model to")
     parser.add_argument("--steps", type=positive_int, default=120, help="optimizer steps (default 120)")
-    parser.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=_positive_float, default=5e-4, help="AdamW peak learning rate (default 5e-4)")
+    parser.add_argument("--factor-lr-scale", type=_positive_float, default=0.2,
+                        help="low-rank factors train at lr times this (default 0.2)")
     parser.add_argument("--schedule", choices=sorted(LR_SCHEDULES), default="cosine",
                         help="learning-rate schedule after the warmup (default cosine, to 0 at the last step)")
-    parser.add_argument("--warmup", type=non_negative_int, default=0,
-                        help="linear learning-rate warmup steps (default 0)")
+    parser.add_argument("--warmup", type=non_negative_int, default=10,
+                        help="linear learning-rate warmup steps (default 10)")
     parser.add_argument("--bf16", action="store_true",
                         help="train under bfloat16 autocast (weights, optimizer and evaluations stay float32)")
     parser.add_argument("--tokens", type=positive_int, default=512,
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from compress.recover import RecoverSettings, recover
     from compress.session import ModelSession
 
-    settings = RecoverSettings(steps=args.steps, lr=args.lr, schedule=args.schedule, warmup=args.warmup,
+    settings = RecoverSettings(steps=args.steps, lr=args.lr, factor_lr_scale=args.factor_lr_scale,
+                               schedule=args.schedule, warmup=args.warmup,
                                bf16=args.bf16,
                                tokens=args.tokens, hidden_weight=args.hidden_weight,
                                eval_every=args.eval_every, eval_tokens=args.eval_tokens, patience=args.patience,

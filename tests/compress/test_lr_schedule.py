@@ -27,5 +27,7 @@ def test_unknown_schedules_and_long_warmups_are_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="schedule"):
         RecoverSettings(schedule="linear")
     with pytest.raises(ConfigError, match="warmup"):
-        RecoverSettings(steps=4, warmup=5)
+        RecoverSettings(warmup=-1)
+    with pytest.raises(ConfigError, match="factor_lr_scale"):
+        RecoverSettings(factor_lr_scale=0)
     assert set(LR_SCHEDULES) == {"constant", "cosine"}

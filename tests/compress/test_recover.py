@@ -103,6 +103,11 @@ def test_each_step_trains_at_the_scheduled_rate(session: ModelSession) -> None:
         rates.append(run.optimizer.param_groups[0]["lr"])
     assert rates == [learning_rate(1e-3, "cosine", 2, step, 6) for step in range(6)]
     assert rates[0] == pytest.approx(0.5e-3) and rates[1] < 1e-3 and rates[-1] < rates[-2]
+    factor_group = run.optimizer.param_groups[1]  # the low-rank factors, at lr x factor_lr_scale
+    factored = {id(p) for name in (f"{L0}.self_attn.q_proj", f"{L0}.mlp.gate_proj", f"{L1}.self_attn.v_proj")
+                for p in run.layers[name].parameters()}
+    assert {id(p) for p in factor_group["params"]} == factored
+    assert factor_group["lr"] == pytest.approx(rates[-1] * 0.2)
 
 
 def test_bf16_autocast_trains_the_float32_weights_and_keeps_the_zeros(session: ModelSession) -> None:
@@ -175,7 +180,7 @@ def test_student_starts_as_the_config_applied(session: ModelSession) -> None:
 
 def test_distillation_lowers_the_loss(session: ModelSession) -> None:
     config = make_config({layer.name: {"sparsity": {"ratio": 0.8, "score": "wanda"}} for layer in session.layers})
-    run = _Run(session, config, RecoverSettings(lr=1e-3, tokens=64, eval_tokens=128))
+    run = _Run(session, config, RecoverSettings(lr=1e-3, warmup=0, tokens=64, eval_tokens=128))
     gen = torch.Generator().manual_seed(5)
     starts = torch.randint(0, run.sampler.ids.numel() - 64, (4,), generator=gen).tolist()
     held = torch.stack([run.sampler.ids[s : s + 64] for s in starts])
@@ -185,7 +190,7 @@ def test_distillation_lowers_the_loss(session: ModelSession) -> None:
             return float(distillation_loss(run.student, session.model, held, causal=True, hidden_weight=0.5))
 
     before = loss()
-    run.settings = RecoverSettings(lr=1e-3, tokens=64, eval_tokens=128, hidden_weight=0.5)
+    run.settings = RecoverSettings(lr=1e-3, warmup=0, tokens=64, eval_tokens=128, hidden_weight=0.5)
     for _ in range(8):
         run.train_step()
     assert loss() < 0.9 * before
