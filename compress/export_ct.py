@@ -16,9 +16,9 @@ packed), so the loaded weight equals ``ModelSession.compressed_weight`` bit for 
 for RTN int4 and int4/int8, GPTQ int4 and GPTQ at mixed 3/4/8 bits).
 
 Bit widths: compressed-tensors (0.20) packs any of 1..8 bits densely (32 codes in ``bits`` int32
-words) and transformers unpacks them all, so 2, 3, 4 and 8 bits are all written packed. Which of
-them a serving engine has kernels for is the engine's business (vLLM's W4A16/W8A16 path is built
-around 4 and 8 bits); only transformers is tested here.
+words) and transformers unpacks them all, so 2, 3, 4 and 8 bits are all written packed (3 bits
+tested). Which widths a serving engine has kernels for is the engine's business; only transformers
+is tested here.
 
 What the format cannot express, and what happens to it:
 
@@ -37,8 +37,8 @@ What the format cannot express, and what happens to it:
   prepares the modules with compressed-tensors 0.20.1's shape-only (meta) compression, which leaves
   ``weight_zero_point`` unpacked ([out, groups]), and the packed tensor from the file
   ([ceil(out·bits/32), groups]) is then refused as a size mismatch. (The library's
-  ``naive-quantized`` format, one int8 per code with unpacked zero points, does load exactly, but
-  costs 8 bits per weight.)
+  ``naive-quantized`` format, one int8 per code with unpacked zero points, loaded bit for bit when
+  tried once on tiny-llama, but costs 8 bits per weight.)
 """
 
 from __future__ import annotations
