@@ -70,9 +70,21 @@ class Progress(BaseModel):
     eta_s: float | None
 
 
+class SetupProgress(BaseModel):
+    """The study's setup (baselines, their scans, the caches they build), as its worker last wrote it."""
+
+    step: str | None = Field(description="the step running (or, once finished, the last one), e.g. 'sensitivity scan'")
+    done: int = Field(description="units of the step done (blocks, layers, forward passes, training steps)")
+    total: int = Field(description="units of the step in all")
+    fraction: float = Field(description="done / total (0 while total is 0)")
+    seconds: float = Field(description="since the setup started")
+    finished: bool = Field(description="the setup is over: its baselines are enqueued")
+
+
 class StudyDetail(StudyPublic):
     counts: TrialCounts
     progress: Progress
+    setup: SetupProgress | None = Field(default=None, description="null until a worker starts setting the study up")
     best: Point | None
     baselines: dict[str, Point]
     predictor: dict[str, Any] | None = Field(description="summary.predictor (spearman, mae, n_train, ...)")

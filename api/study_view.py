@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from api.schemas import LayerProfile, Point, Progress, TrialCounts, TrialPublic
+from api.schemas import LayerProfile, Point, Progress, SetupProgress, TrialCounts, TrialPublic
 from search.trial_digest import TrialDigest, digest, number
 from storage import Study, StudyStatus
 
@@ -121,10 +121,22 @@ def progress(study: Study, seen: TrialDigest) -> Progress:
                     mean_trial_s=mean_s, active_workers=active, eta_s=eta)
 
 
+def setup_progress(study: Study) -> SetupProgress | None:
+    """The summary's ``setup`` record (``common.progress.ThrottledRecord``); None without a sound one."""
+    raw = (study.summary or {}).get("setup")
+    if not isinstance(raw, dict):
+        return None
+    done, total, seconds = integer(raw.get("done")), integer(raw.get("total")), number(raw.get("seconds"))
+    if done is None or total is None or seconds is None or not 0 <= done <= total:
+        return None
+    return SetupProgress(step=text(raw.get("step")), done=done, total=total, fraction=done / total if total else 0.0,
+                         seconds=seconds, finished=raw.get("finished") is True)
+
+
 def summary_rest(study: Study) -> dict[str, Any]:
     """The summary without the parts the detail shows on their own."""
     return {key: value for key, value in (study.summary or {}).items()
-            if key not in ("best", "baselines", "predictor", "holdout")}
+            if key not in ("best", "baselines", "predictor", "holdout", "setup")}
 
 
 def _derived_keep(entry: Any, shape: Any) -> float | None:

@@ -129,6 +129,7 @@ def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDe
         **StudyPublic.of(study).model_dump(),
         counts=study_view.counts(seen),
         progress=study_view.progress(study, seen),
+        setup=study_view.setup_progress(study),
         best=study_view.best_point(study, trials, seen),
         baselines=study_view.baselines(study, seen),
         predictor=summary.get("predictor") if isinstance(summary.get("predictor"), dict) else None,

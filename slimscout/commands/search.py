@@ -100,7 +100,14 @@ def run(args: argparse.Namespace) -> int:
     budget = args.budget if args.budget is not None else f"{args.budget_bits}bits"
     name = args.study or f"search-{args.model.replace('/', '_')}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
     with progress() as bar:
+        setup = bar.add_task("setup", total=None, status="", visible=False) if bar else None
         task = bar.add_task("search", total=spec.n_trials, status="") if bar else None
+
+        def on_setup(step: str, done: int, total: int) -> None:
+            if bar is not None and setup is not None:
+                bar.update(setup, description=step, completed=done, total=total, visible=True)
+            elif done == 0 and not args.json:
+                note(step)
 
         def on_progress(p: Progress) -> None:
             if bar is not None and task is not None:
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             study_name=name,
             workers=args.workers,
             on_status=lambda s: note(s),
+            on_setup=on_setup,
             on_progress=on_progress,
             recover_out=Path(args.recover_out).expanduser() if args.recover_out else None,
             on_recovery=lambda r: note(f"recovery step {r['step']}/{r['steps']} loss {r['loss']}")

@@ -230,3 +230,39 @@ def test_dashboard_shows_the_recovery_of_the_winner(server: str, browser: WebDri
     wait_for(lambda: not browser.execute_script("return document.getElementById('download-recovered').hidden"),
              what="the recovered checkpoint's download button")
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_setup_step_and_how_far_it_is(server: str, browser: WebDriver, storage_url: str) -> None:
+    """While a worker sets the study up, the page says which step runs, its counts and a bar; then that it is done."""
+    created = httpx.post(f"{server}/v1/studies", headers=AUTH, json={"model_id": "smollm2-135m", "budget": 0.5})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+
+    def setup(record: dict[str, Any]) -> None:  # as the worker's ThrottledRecord writes it (search.service_worker)
+        with session_scope(get_engine(storage_url)) as session:
+            update_summary(session, study_id=sid, summary={"evaluations": 0, "setup": record})
+
+    browser.get(server + "/")
+    browser.find_element("id", "token").send_keys(TOKEN)
+    browser.find_element("id", "token-save").click()
+    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
+    browser.get_log("browser")  # drop the 401s from before the token was entered
+    browser.get(f"{server}/studies/{sid}")
+    wait_for(lambda: text_of(browser, "status") == "queued", what="the queued study")
+    assert browser.execute_script("return document.getElementById('setup').hidden")  # no worker on it yet
+
+    with session_scope(get_engine(storage_url)) as session:
+        set_status(session, study_id=sid, status="running")
+    setup({"step": "sensitivity scan", "done": 37, "total": 120, "seconds": 95.0, "finished": False})
+    line = wait_for(lambda: "37 / 120" in text_of(browser, "setup-text") and text_of(browser, "setup-text"),
+                    what="the setup's step and counts")
+    assert line == "Setting up: sensitivity scan · 37 / 120 · 1m 35s so far"
+    assert not browser.execute_script("return document.getElementById('setup').hidden")
+    width = "return document.getElementById('setup-bar').style.width"
+    wait_for(lambda: browser.execute_script(width) == "30.8%", what="the setup's bar at 37/120")
+
+    setup({"step": "sensitivity scan", "done": 120, "total": 120, "seconds": 301.0, "finished": True})
+    wait_for(lambda: text_of(browser, "setup-text") == "Setup done in 5m 1s", what="the setup marked done")
+    assert browser.execute_script("return document.getElementById('setup-progress').hidden")
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
