@@ -1,7 +1,7 @@
 """Build the FastAPI app: ``create_app()`` (uvicorn: ``uvicorn --factory api.main:create_app``).
 
 Routes live under ``/v1`` (clear of optuna-dashboard's paths), plus ``/healthz`` and the
-dashboard at ``/`` and ``/studies/{id}``. Startup migrates the database (``storage.init_db``)
+dashboard at ``/``, ``/studies/{id}`` and ``/groups/{id}``. Startup migrates the database (``storage.init_db``)
 and warms Optuna in the background; torch is never imported.
 """
 

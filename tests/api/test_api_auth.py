@@ -41,6 +41,7 @@ def served_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 # Everything else needs a token; a new route is refused by this test until it needs one or is listed here.
 PUBLIC = {("GET", "/healthz"), ("GET", "/"), ("GET", "/studies/{study_id}"),  # health; dashboard shells, no data
+          ("GET", "/groups/{group_id}"),
           ("GET", "/static"), ("GET", "/static/vendor/plotly.min.js"),        # static files
           ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/assets")}  # the API's docs, Swagger UI
 PUBLIC_SAMPLES = {"/static": "/static/study.js", "/docs/assets": "/docs/assets/swagger-ui.css"}
@@ -82,7 +83,7 @@ def test_every_route_needs_a_valid_token_unless_listed_public(make_client: MakeC
         assert client.request(method, path, headers=ALICE, json=STUDY if method == "POST" else None).status_code < 300
     # The public routes answer without a token, and hold no study data.
     for method, template in PUBLIC & set(routes):
-        path = PUBLIC_SAMPLES.get(template, template.replace("{study_id}", sid))
+        path = PUBLIC_SAMPLES.get(template, template.replace("{study_id}", sid).replace("{group_id}", gid))
         response = client.request(method, path)
         assert response.status_code == 200, (method, path, response.status_code)
         assert sid not in response.text

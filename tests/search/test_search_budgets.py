@@ -56,6 +56,9 @@ def test_the_shared_fields_are_checked_once_beside_the_budgets() -> None:
     assert {e["loc"] for e in bad_list.value.errors()} == {("budget",), ("granularity",)}
     with pytest.raises(ValidationError, match="quantizers only"):
         parse_request(BASE | {"budget_bits": [3.5, 4.0], "operators": ["wanda"]})
+    for bits in (3.5, [3.5, 4.0]):  # the default operators (wanda) are checked too, not only given ones
+        with pytest.raises(ValidationError, match="quantizers only"):
+            parse_request(BASE | {"budget_bits": bits})
     with pytest.raises(ValidationError, match="exactly one of budget"):
         parse_request(BASE | {"budget": [0.3, 0.5], "budget_bits": 4.0, "operators": ["gptq"]})
 
