@@ -23,12 +23,15 @@ from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from common.errors import ConfigError
+from compress.registry import DENSE_BITS
 from search.spec import StudySpec
 
 MAX_BUDGETS = 16
 BudgetField = Literal["budget", "budget_bits"]
 BUDGET_FIELDS: tuple[BudgetField, ...] = ("budget", "budget_bits")
 
+#: A budget of each kind that every spec accepts (nothing kept out, dense bits).
+STAND_IN: dict[BudgetField, float] = {"budget": 1.0, "budget_bits": DENSE_BITS}
 _NUMBERS = TypeAdapter(Annotated[list[float], Field(min_length=1, max_length=MAX_BUDGETS)])
 
 
@@ -90,15 +93,15 @@ def parse_request(raw: Any) -> StudySpec | BudgetGroup:
         return StudySpec.model_validate(raw)
     numbers, errors = _list_errors(field, raw[field])
     specs: list[StudySpec] = []
-    for i, number in enumerate(numbers or [None]):  # no usable list: the other fields are still checked
-        child = {**raw, field: number} if number is not None else {k: v for k, v in raw.items() if k != field}
+    # No usable list: the shared fields are still checked, at a budget that is valid whatever they are.
+    for i, number in enumerate(numbers or [STAND_IN[field]]):
         try:
-            specs.append(StudySpec.model_validate(child))
+            specs.append(StudySpec.model_validate({**raw, field: number}))
         except ValidationError as exc:
             for detail in _details(exc):
-                if detail["loc"][:1] == (field,) and number is not None:
+                if detail["loc"][:1] == (field,):
                     errors.append({**detail, "loc": (field, i, *detail["loc"][1:])})
-                elif i == 0 and not (number is None and detail["loc"] == ("budget",) and detail["type"] == "missing"):
+                elif i == 0:
                     errors.append(detail)  # the shared fields' errors, once
     if errors:
         raise ValidationError.from_exception_data(StudySpec.__name__, errors)
