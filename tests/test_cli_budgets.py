@@ -21,7 +21,7 @@ def test_a_list_of_budgets_runs_one_study_per_budget_and_reports_each(tmp_path: 
     assert summary["group"] == "group" and summary["budget_field"] == "budget" and summary["storage"] == url
     assert [entry["budget"] for entry in summary["per_budget"]] == [0.4, 0.6]
     for entry in summary["per_budget"]:
-        assert entry["study"] == f"group-{entry['budget']}" and entry["evaluations"] == 5
+        assert entry["study"] == f"group-{entry['budget']}" and entry["evaluations"] == 5 and entry["seconds"] > 0
         assert entry["best"]["keep_ratio"] == pytest.approx(entry["budget"], abs=0.01)
         assert entry["holdout"]["tokens"] == 256 and entry["holdout"]["best"]["kl"] >= 0.0
         config = json.loads((tmp_path / f"best-{entry['budget']}.json").read_text())

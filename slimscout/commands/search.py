@@ -190,6 +190,7 @@ def _report_group(args: argparse.Namespace, group: BudgetGroup, summaries: list[
     """``per_budget``: each budget's study, winner and holdout numbers, in ascending budget order."""
     per_budget = [{"budget": budget, "study": summary["study"], "best": summary.get("best"),
                    "holdout": summary.get("holdout"), "evaluations": summary.get("evaluations"),
+                   "seconds": summary["seconds"],
                    **({"recovery": summary["recovery"]} if "recovery" in summary else {})}
                   for budget, summary in zip(group.budgets, summaries, strict=True)]
     if args.json:
