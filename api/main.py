@@ -1,7 +1,7 @@
 """Build the FastAPI app: ``create_app()`` (uvicorn: ``uvicorn --factory api.main:create_app``).
 
 Routes live under ``/v1`` (clear of optuna-dashboard's paths), plus ``/healthz`` and the
-dashboard at ``/`` and ``/studies/{id}``. Startup migrates the database (``storage.init_db``)
+dashboard at ``/``, ``/studies/{id}`` and ``/groups/{id}``. Startup migrates the database (``storage.init_db``)
 and warms Optuna in the background; torch is never imported.
 """
 
@@ -19,7 +19,7 @@ from api import docs
 from api.limits import BodyLimitMiddleware
 from api.optuna_store import OptunaStore
 from api.refusals import install as install_refusals
-from api.routes import dashboard, health, models, studies
+from api.routes import dashboard, groups, health, models, studies
 from api.security import SecurityMiddleware
 from api.unavailable import DatabaseUnavailableMiddleware
 from common import __version__
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DatabaseUnavailableMiddleware)  # a database outage is a 503 with Retry-After
     app.add_middleware(SecurityMiddleware)  # outermost: its headers go on every response, refusals included
     install_refusals(app)
-    for router in (health.router, models.router, studies.router, dashboard.router):
+    for router in (health.router, models.router, studies.router, groups.router, dashboard.router):
         app.include_router(router)
     docs.install(app)  # offline Swagger UI at /docs
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")

@@ -7,8 +7,24 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
+from search.budgets import BUDGET_FIELDS, MAX_BUDGETS, BudgetField
 from search.spec import StudySpec
-from storage import Study
+from storage import Study, StudyGroup
+
+
+def _study_request_schema() -> dict[str, Any]:
+    """The body of POST /v1/studies: StudySpec's JSON schema with each budget also a list (``search.budgets``)."""
+    schema = StudySpec.model_json_schema()
+    for field in BUDGET_FIELDS:
+        budget = schema["properties"][field]
+        number = budget["anyOf"][0]
+        budget["anyOf"] = [number, {"type": "array", "items": number, "minItems": 1, "maxItems": MAX_BUDGETS},
+                           {"type": "null"}]
+        budget["description"] += "; or a list of them, ascending, for one study per budget (a group)"
+    return schema | {"title": "StudyRequest"}
+
+
+STUDY_REQUEST_SCHEMA = _study_request_schema()
 
 
 class Point(BaseModel):
@@ -70,9 +86,21 @@ class Progress(BaseModel):
     eta_s: float | None
 
 
+class SetupProgress(BaseModel):
+    """The study's setup (baselines, their scans, the caches they build), as its worker last wrote it."""
+
+    step: str | None = Field(description="the step running (or, once finished, the last one), e.g. 'sensitivity scan'")
+    done: int = Field(description="units of the step done (blocks, layers, forward passes, training steps)")
+    total: int = Field(description="units of the step in all")
+    fraction: float = Field(description="done / total (0 while total is 0)")
+    seconds: float = Field(description="since the setup started")
+    finished: bool = Field(description="the setup is over: its baselines are enqueued")
+
+
 class StudyDetail(StudyPublic):
     counts: TrialCounts
     progress: Progress
+    setup: SetupProgress | None = Field(default=None, description="null until a worker starts setting the study up")
     best: Point | None
     baselines: dict[str, Point]
     predictor: dict[str, Any] | None = Field(description="summary.predictor (spearman, mae, n_train, ...)")
@@ -81,6 +109,38 @@ class StudyDetail(StudyPublic):
     has_checkpoint: bool
     has_recovered_checkpoint: bool = Field(default=False, description="spec.recover_steps: the recovered winner "
                                            "downloads from /v1/studies/{id}/recovered-checkpoint")
+
+
+class GroupMember(BaseModel):
+    """One budget of a group: its study (an ordinary one, under /v1/studies/{study_id}) and how it stands."""
+
+    budget: float = Field(description="in the group's unit: a kept fraction (budget) or bits per weight (budget_bits)")
+    study_id: str
+    status: str
+    progress: Progress | None = Field(default=None, description="null in the answer to the POST")
+    best: Point | None = None
+    holdout: dict[str, Any] | None = Field(default=None, description="the study's summary.holdout, once completed")
+    has_checkpoint: bool = Field(default=False, description="download from /v1/studies/{study_id}/checkpoint")
+
+
+class StudyGroupPublic(BaseModel):
+    """The studies one request over a list of budgets created, one per budget, in ascending budget order."""
+
+    id: str
+    status: str = Field(description="the members' status when they agree; else running while any is queued or "
+                                    "running, failed or cancelled once all finished and one did not complete; "
+                                    "deleted once every member was deleted")
+    budget_field: BudgetField
+    budgets: list[float]
+    spec: dict[str, Any] = Field(description="the request: the members' shared spec with the list of budgets")
+    created_at: datetime
+    per_budget: list[GroupMember] = Field(description="members deleted on their own are left out")
+
+    @classmethod
+    def of(cls, group: StudyGroup, members: list[GroupMember], status: str) -> Self:
+        field: BudgetField = "budget_bits" if isinstance(group.spec.get("budget_bits"), list) else "budget"
+        return cls(id=group.id, status=status, budget_field=field, budgets=group.spec[field], spec=group.spec,
+                   created_at=group.created_at, per_budget=members)
 
 
 class TrialPublic(BaseModel):

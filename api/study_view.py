@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from api.schemas import LayerProfile, Point, Progress, TrialCounts, TrialPublic
+from api.schemas import GroupMember, LayerProfile, Point, Progress, SetupProgress, TrialCounts, TrialPublic
 from search.trial_digest import TrialDigest, digest, number
 from storage import Study, StudyStatus
 
@@ -121,10 +121,50 @@ def progress(study: Study, seen: TrialDigest) -> Progress:
                     mean_trial_s=mean_s, active_workers=active, eta_s=eta)
 
 
+def setup_progress(study: Study) -> SetupProgress | None:
+    """The summary's ``setup`` record (``common.progress.ThrottledRecord``); None without a sound one."""
+    raw = (study.summary or {}).get("setup")
+    if not isinstance(raw, dict):
+        return None
+    done, total, seconds = integer(raw.get("done")), integer(raw.get("total")), number(raw.get("seconds"))
+    if done is None or total is None or seconds is None or not 0 <= done <= total:
+        return None
+    return SetupProgress(step=text(raw.get("step")), done=done, total=total, fraction=done / total if total else 0.0,
+                         seconds=seconds, finished=raw.get("finished") is True)
+
+
+def member_budget(study: Study) -> float:
+    """A group member's budget in the group's unit (its spec has exactly one of the two)."""
+    budget = study.spec.get("budget")
+    return float(budget if budget is not None else study.spec["budget_bits"])
+
+
+def group_member(study: Study, trials: Sequence[FrozenTrial] | None = None, seen: TrialDigest | None = None,
+                 *, has_checkpoint: bool = False) -> GroupMember:
+    """One budget of a group; without its trials (a group just created) only its budget and status."""
+    member = GroupMember(budget=member_budget(study), study_id=study.id, status=study.status.value,
+                         has_checkpoint=has_checkpoint)
+    if trials is not None and seen is not None:
+        holdout = (study.summary or {}).get("holdout")
+        member.progress = progress(study, seen)
+        member.best = best_point(study, trials, seen)
+        member.holdout = holdout if isinstance(holdout, dict) else None
+    return member
+
+
+def group_status(statuses: Sequence[StudyStatus]) -> str:
+    """One status for a group's members (``StudyGroupPublic.status``)."""
+    if len(set(statuses)) == 1:
+        return statuses[0].value
+    if not all(state.is_finished() for state in statuses):
+        return StudyStatus.RUNNING.value
+    return (StudyStatus.FAILED if StudyStatus.FAILED in statuses else StudyStatus.CANCELLED).value
+
+
 def summary_rest(study: Study) -> dict[str, Any]:
     """The summary without the parts the detail shows on their own."""
     return {key: value for key, value in (study.summary or {}).items()
-            if key not in ("best", "baselines", "predictor", "holdout")}
+            if key not in ("best", "baselines", "predictor", "holdout", "setup")}
 
 
 def _derived_keep(entry: Any, shape: Any) -> float | None:

@@ -152,6 +152,8 @@ def sensitivity_scan(
     start = time.perf_counter()
     curves: dict[int, dict[float, float]] = {}
     total, done = len(blocks) * len(levels), 0
+    if on_step:
+        on_step(done, total)
     for block in blocks:
         members = [layer for layer in session.layers if layer.block == block]
         curves[block] = {}

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from common.progress import StepCounts
 from compress.device import model_device
 from compress.layers import LinearLayer, block_prefix
 
@@ -86,7 +87,7 @@ class CalibrationStats:
     # -- on disk: one safetensors file per block plus an index ------------------------------------
     @classmethod
     def collect_to(cls, directory: Path, model: nn.Module, layers: list[LinearLayer], tokens: torch.Tensor,
-                   *, keep_in_memory: bool, seq_len: int = 512) -> CalibrationStats:
+                   *, keep_in_memory: bool, seq_len: int = 512, on_stage: StepCounts | None = None) -> CalibrationStats:
         """Collect block by block, writing each block's Grams to ``directory`` as it finishes."""
         directory.mkdir(parents=True, exist_ok=True)
         files: dict[str, str] = {}
@@ -101,7 +102,7 @@ class CalibrationStats:
             if keep_in_memory:
                 kept.update(grams)
 
-        stats = collect_stats(model, layers, tokens, seq_len, on_block=write)
+        stats = collect_stats(model, layers, tokens, seq_len, on_block=write, on_stage=on_stage)
         index = {"leader": stats.leader, "files": files, "n_tokens": stats.n_tokens, "seconds": stats.seconds}
         tmp = directory / f".{INDEX}.{time.monotonic_ns()}.tmp"
         tmp.write_text(json.dumps(index))
@@ -176,12 +177,13 @@ def _with_hidden(args: tuple[Any, ...], kwargs: dict[str, Any],
 @torch.inference_mode()
 def collect_stats(
     model: nn.Module, layers: list[LinearLayer], tokens: torch.Tensor, seq_len: int = 512,
-    *, on_block: BlockGrams | None = None,
+    *, on_block: BlockGrams | None = None, on_stage: StepCounts | None = None,
 ) -> CalibrationStats:
     """Grams of every layer's inputs over ``tokens`` (cut into ``seq_len`` sequences).
 
     With ``on_block``, each block's Grams go to it as the block finishes and are not kept: the
     returned stats then hold none (``grams`` is empty). Without, they are all returned.
+    ``on_stage(done, total)``: progress in stages (the blocks; one stage for a model run whole).
     """
     start = time.perf_counter()
     device = model_device(model)
@@ -242,7 +244,9 @@ def collect_stats(
             return run
 
         stages = [(block_layers, run_block(block)) for block, block_layers in blocks]
-    for stage_layers, run in stages:
+    if on_stage:
+        on_stage(0, len(stages))
+    for done, (stage_layers, run) in enumerate(stages, start=1):
         handles = [modules[layer.name].register_forward_hook(hook_for(layer.name)) for layer in stage_layers]
         try:
             for j in range(len(chunks)):
@@ -253,5 +257,7 @@ def collect_stats(
             for handle in handles:
                 handle.remove()
         finish()
+        if on_stage:
+            on_stage(done, len(stages))
     n_tokens = sum(int(chunk.numel()) for chunk in chunks)
     return CalibrationStats(kept, leader, n_tokens, time.perf_counter() - start, device)

@@ -1,12 +1,24 @@
 """The compressed-tensors format: what vLLM and transformers (with the ``compressed-tensors`` package) load.
 
 A config's quantised layers are packed by the compressed-tensors library itself (``pack-quantized``:
-int32-packed integer codes plus per-group scales), one *config group* per distinct (bits, group size)
-so that a per-layer bit allocation is expressed exactly (several groups make ``mixed-precision``
-checkpoints in the library's terms). slimscout's quantiser is symmetric round-to-nearest with
-scale = max|w| / (2^(bits-1) - 1) per group (``compress.ops.quantize_groups``); the scales are
-computed here and handed to the library, whose packing then reproduces the same integer codes, so
-the loaded weight equals ``ModelSession.compressed_weight`` bit for bit (float32; tested).
+int32-packed integer codes plus per-group scales), one *config group* per distinct (bits, group
+size) targeting the layers by exact name, so that a per-layer bit allocation is expressed exactly
+(several groups make ``mixed-precision`` checkpoints in the library's terms). Every group is
+symmetric (``symmetric: true``, no zero points): slimscout's quantisers fix the zero point at
+2^(bits-1).
+
+slimscout computes the integers; the library packs them. Each quantiser hands over the grid its
+weight was dequantised from (``QuantHandler.grid``: codes, scales, zero points): RTN's round to
+nearest (``compress.ops.rtn_grid``) and GPTQ's cached codes (``compress.operators.gptq``), at
+whatever bits each layer has. The scales become the modules' ``weight_scale``; the library quantises
+the float weight with them, which gives back slimscout's codes exactly (checked here against what it
+packed), so the loaded weight equals ``ModelSession.compressed_weight`` bit for bit (float32; tested
+for RTN int4 and int4/int8, GPTQ int4 and GPTQ at mixed 3/4/8 bits).
+
+Bit widths: compressed-tensors (0.20) packs any of 1..8 bits densely (32 codes in ``bits`` int32
+words) and transformers unpacks them all, so 2, 3, 4 and 8 bits are all written packed (3 bits
+tested). Which widths a serving engine has kernels for is the engine's business; only transformers
+is tested here.
 
 What the format cannot express, and what happens to it:
 
@@ -19,6 +31,14 @@ What the format cannot express, and what happens to it:
   which case the layer is stored as its dense (dequantised) matrix.
 - a group size that does not divide the layer's inputs (the library's group strategy needs whole
   groups): refused, or stored dequantised under merge.
+- an **asymmetric grid** (a zero point per group; no registered quantiser has one, but
+  ``QuantHandler.symmetric`` allows it): refused, or stored dequantised under merge. The library
+  writes packed zero points (``symmetric: false``), but transformers 5.24 cannot load them: it
+  prepares the modules with compressed-tensors 0.20.1's shape-only (meta) compression, which leaves
+  ``weight_zero_point`` unpacked ([out, groups]), and the packed tensor from the file
+  ([ceil(out·bits/32), groups]) is then refused as a size mismatch. (The library's
+  ``naive-quantized`` format, one int8 per code with unpacked zero points, loaded bit for bit when
+  tried once on tiny-llama, but costs 8 bits per weight.)
 """
 
 from __future__ import annotations
@@ -35,7 +55,8 @@ from torch import nn
 from common.errors import ExportError
 from compress.config import CompressionConfig, LayerConfig
 from compress.layers import LinearLayer
-from compress.ops import dequantize_groups, quantize_groups
+from compress.operators import quant_handler
+from compress.ops import QuantizedWeight
 from compress.weight_files import save_weights
 
 if TYPE_CHECKING:
@@ -62,8 +83,9 @@ def _not_expressible(layer: LinearLayer, cfg: LayerConfig) -> str | None:
         return None
     if quant.outliers is not None:
         return f"keeps {quant.outliers} outliers in 16 bits (SDQ); compressed-tensors has no such layout"
-    if quant.method != "rtn":  # the scales below are RTN's; GPTQ's own codes and scales are not handed over yet
-        return f"is quantised by {quant.method}, whose codes this export does not write yet"
+    if not quant_handler(quant.method).symmetric:
+        return (f"is quantised by {quant.method} on an asymmetric grid (a zero point per group), whose packed "
+                "zero points transformers cannot load today")
     if quant.bits not in PACKED_BITS:
         return f"uses {quant.bits}-bit codes; the packed format takes {', '.join(map(str, PACKED_BITS))}"
     if layer.in_features % quant.group_size:
@@ -112,6 +134,24 @@ def quantization_config(plans: dict[str, LayerPlan]) -> Any:
     return QuantizationConfig(config_groups=groups, quantization_status=QuantizationStatus.FROZEN)
 
 
+def _grid(session: ModelSession, config: CompressionConfig, name: str, plan: LayerPlan) -> QuantizedWeight:
+    """The grid layer ``name``'s weight was dequantised from, checked against the weight the session applied."""
+    cfg = config.layers[name]
+    assert cfg.quant is not None
+    unquantised = session.compressed_weight(name, LayerConfig(sparsity=cfg.sparsity))
+    grid = quant_handler(cfg.quant.method).grid(session, name, unquantised, cfg.quant)
+    if ((grid.bits, grid.group_size) != (plan.bits, plan.group_size)
+            or not grid.symmetric or bool((grid.zeros != 2 ** (grid.bits - 1)).any())
+            or not torch.equal(grid.dequantize(), session.modules[name].weight)):
+        raise RuntimeError(f"export of {name} disagrees with the weight the session applied")
+    return grid
+
+
+def _signed_codes(grid: QuantizedWeight) -> torch.Tensor:
+    """``grid``'s codes in the library's signed int8 range [-2^(bits-1), 2^(bits-1)): minus the zero point."""
+    return (grid.codes.to(torch.int16) - 2 ** (grid.bits - 1)).to(torch.int8)
+
+
 def write_compressed_tensors(session: ModelSession, config: CompressionConfig, model: nn.Module,
                              directory: Path, plans: dict[str, LayerPlan], *, dtype: torch.dtype | None,
                              max_shard_size: int | str) -> None:
@@ -122,6 +162,7 @@ def write_compressed_tensors(session: ModelSession, config: CompressionConfig, m
     """
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.compressors.format import infer_model_format
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
     from compressed_tensors.quantization import apply_quantization_config
 
     packed = {name: plan for name, plan in plans.items() if plan.storage == "packed"}
@@ -129,23 +170,19 @@ def write_compressed_tensors(session: ModelSession, config: CompressionConfig, m
         save_weights(model, directory, dtype=dtype, max_shard_size=max_shard_size)
         return
     qconfig = quantization_config(plans)
-    scales = {}
-    for name, plan in packed.items():
-        assert plan.bits is not None and plan.group_size is not None
-        cfg = config.layers[name]
-        unquantised = session.compressed_weight(name, LayerConfig(sparsity=cfg.sparsity))
-        codes, scale = quantize_groups(unquantised, plan.bits, plan.group_size)
-        if not torch.equal(dequantize_groups(codes, scale, plan.group_size), session.modules[name].weight):
-            raise RuntimeError(f"export of {name} disagrees with the weight the session applied")
-        scales[name] = scale
+    grids = {name: _grid(session, config, name, plan) for name, plan in packed.items()}
     work = copy.deepcopy(model)
     apply_quantization_config(work, qconfig, show_progress=False)
     modules = dict(work.named_modules())
     with torch.no_grad():
-        for name, scale in scales.items():
-            modules[name].weight_scale.copy_(scale)
+        for name, grid in grids.items():
+            modules[name].weight_scale.copy_(grid.scales)
     qconfig.format = infer_model_format(work).value
     compressor = ModelCompressor(quantization_config=qconfig)
     compressor.compress_model(work)
+    for name, grid in grids.items():  # the library quantised the float weight again: its codes must be ours
+        stored = unpack_from_int32(modules[name].weight_packed, grid.bits, grid.codes.shape)
+        if not torch.equal(stored, _signed_codes(grid)):
+            raise RuntimeError(f"compressed-tensors packed other codes than slimscout's for {name}")
     save_weights(work, directory, dtype=dtype, max_shard_size=max_shard_size)
     compressor.update_config(str(directory))

@@ -93,6 +93,8 @@ def layer_scan(session: ModelSession, budget: float, operators: Sequence[str], *
     start = time.perf_counter()
     curves: Curves = {}
     total, done = len(session.layers) * len(levels), 0
+    if on_step:
+        on_step(done, total)
     for layer in session.layers:
         curves[layer.name] = {}
         for keep in levels:

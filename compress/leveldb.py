@@ -169,7 +169,7 @@ class GPTQLevels:
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor:
         return QuantizedWeight(tensors["codes"], tensors["scales"].float(), tensors["zeros"],
-                               params["bits"], params["group_size"]).dequantize()
+                               params["bits"], params["group_size"], symmetric=True).dequantize()  # gptq's default
 
 
 LEVEL_OPERATORS: dict[str, LevelOperator] = {"sparsegpt": SparseGPTLevels(), "gptq": GPTQLevels()}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common.errors import ConfigError
+from common.progress import StepProgress, bound
 from common.settings import get_settings
 from compress.accounting import LayerCost, model_cost
 from compress.calibration import CalibrationStats
@@ -113,6 +114,7 @@ class ModelSession:
         self._orders: dict[str, dict[str, torch.Tensor]] = {}
         self._handler_caches: dict[str, dict[str, object]] = {}
         self.timings = CacheTimings()
+        self.progress: StepProgress | None = None  # where cache builds report (``reporting``)
         self.params_total = count_params(self.model)
         self.params_linear = sum(layer.params for layer in self.layers)
 
@@ -121,6 +123,17 @@ class ModelSession:
         return cls(load_model(model_id, device=device, dtype=dtype), **kwargs)  # type: ignore[arg-type]
 
     # -- caches ------------------------------------------------------------------------------
+    @contextmanager
+    def reporting(self, progress: StepProgress | None) -> Iterator[None]:
+        """Cache builds inside the block report to ``progress``: the calibration statistics by block,
+        factors and ranks by layer. Caches are built lazily, by whatever needs them first (a baseline's
+        scan, a trial), so the report comes from here rather than from each caller."""
+        before, self.progress = self.progress, progress
+        try:
+            yield
+        finally:
+            self.progress = before
+
     def _calibration_ids(self) -> torch.Tensor:
         if self._calib_ids is None:
             stream = token_stream(self.calibration_dataset, "calibration", self.loaded.tokenizer)
@@ -144,7 +157,8 @@ class ModelSession:
             return stats
         with self.dense():
             stats = CalibrationStats.collect_to(directory, self.model, self.layers, self._calibration_ids(),
-                                                keep_in_memory=not self.low_memory)
+                                                keep_in_memory=not self.low_memory,
+                                                on_stage=bound(self.progress, "calibration statistics"))
         self.timings.calibration_s += stats.seconds
         self.timings.built.append("calibration")
         self._stats = stats
@@ -177,7 +191,7 @@ class ModelSession:
             start = time.perf_counter()
             factors = {
                 name: handler.factors(self.dense_weight(name), stats.gram(name) if stats else None)
-                for name in self.by_name
+                for name in self._counted(self.by_name, f"{method} factors")
             }
             self.timings.svd_s += time.perf_counter() - start
             self.timings.built.append(method)
@@ -192,6 +206,18 @@ class ModelSession:
         self._svd[method] = factors
         return factors
 
+    def _counted(self, names: Iterable[str], step: str) -> Iterator[str]:
+        """``names`` one by one, reported to ``self.progress`` as ``step``: a name counts as done when
+        the loop asks for the next one (0 of n first, n of n once the loop is through)."""
+        names = list(names)
+        report = bound(self.progress, step)
+        for done, name in enumerate(names):
+            if report:
+                report(done, len(names))
+            yield name
+        if report:
+            report(len(names), len(names))
+
     def _input_norm(self, handler: SparsityHandler, name: str) -> torch.Tensor | None:
         return self.stats().input_norm(name) if handler.needs_stats else None
 
@@ -204,17 +230,20 @@ class ModelSession:
         """Per-row rank of every weight under a sparsity score; any ratio's mask is one comparison."""
         if kind in self._ranks:
             return self._ranks[kind]
-        score_handler(kind)  # an unknown or unranked method fails here, before any file is read
+        handler = score_handler(kind)  # an unknown or unranked method fails here, before any file is read
         path = self.cache_dir / f"ranks-{kind}.safetensors"
         if path.is_file():
             start = time.perf_counter()
             ranks, _ = _load(path, self.device)
             self.timings.load_s += time.perf_counter() - start
         else:
+            if handler.needs_stats:
+                self.stats()  # first, so its progress is reported before the ranks', not inside them
             start = time.perf_counter()
             ranks = {
-                name: row_ranks(self.score(kind, name)).to(torch.int16 if layer.in_features < 2**15 else torch.int32)
-                for name, layer in self.by_name.items()
+                name: row_ranks(self.score(kind, name)).to(
+                    torch.int16 if self.by_name[name].in_features < 2**15 else torch.int32)
+                for name in self._counted(self.by_name, f"{kind} ranks")
             }
             self.timings.ranks_s += time.perf_counter() - start
             self.timings.built.append(f"ranks-{kind}")

@@ -186,6 +186,8 @@ def train_thresholds(session: ModelSession, budget: float, operator: str, settin
     causal = session.loaded.kind == "causal-lm"
     history: list[dict[str, float]] = []
     start = time.perf_counter()
+    if on_step:
+        on_step(0, settings.steps)
     for step in range(settings.steps):
         loss = distillation_loss(student, session.model, sampler.next(), causal=causal, hidden_weight=0.0)
         optimizer.zero_grad(set_to_none=True)

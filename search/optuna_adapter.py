@@ -37,10 +37,12 @@ from storage.db import normalize_url, session_scope
 log = logging.getLogger(__name__)
 
 #: Study user attributes slimscout writes: the spec (search.spec.StudySpec as JSON), the summary
-#: workers publish, whether the baselines are enqueued.
+#: workers publish, whether the baselines are enqueued, and the setup's progress record
+#: (``common.progress.ThrottledRecord``: its step, counts, seconds, whether it finished).
 SPEC_ATTR = "slimscout"
 SUMMARY_ATTR = "summary"
 SETUP_ATTR = "setup_done"
+SETUP_PROGRESS_ATTR = "setup_progress"
 #: Trial user attribute: created past ``n_trials`` by a race and failed unmeasured; never part of the search.
 SURPLUS_ATTR = "surplus"
 #: Two processes creating Optuna's tables at once: one loses ("already exists"), then sees them.

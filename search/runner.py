@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.progress import StepProgress
 from common.settings import get_settings
 from compress.config import CompressionConfig, config_from_dict
 from search import worker_process
@@ -54,18 +55,20 @@ def run_search(
     bench: Workbench | None = None,
     guide: Proposer | None = None,
     on_status: Callable[[str], None] | None = None,
+    on_setup: StepProgress | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     recover_out: Path | None = None,
     on_recovery: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the study ``spec`` asks for; its summary. With ``spec.recover_steps`` the winner is then
     recovered into ``recover_out`` (default: the cache's ``artifacts/<study_name>/recovered``), which
-    resumes a recovery a killed run left there; ``on_recovery`` sees its progress."""
+    resumes a recovery a killed run left there; ``on_recovery`` sees its progress. ``on_setup`` hears the
+    setup's steps (``search.setup.seed_study``)."""
     started = time.perf_counter()
     url = normalize_url(storage_url)
     bench = bench or Workbench()
     study = create_study(url, study_name, spec)
-    seed_study(study, spec, bench, on_step=on_status)
+    seed_study(study, spec, bench, on_setup)
     if on_status:
         on_status("searching")
 

@@ -22,10 +22,12 @@ from typing import Any
 import optuna
 
 from common.errors import SlimscoutError
+from common.progress import ThrottledRecord
 from common.settings import get_settings
 from search.context import Workbench
 from search.liveness import BackgroundThread, Reaper, grace_period_s
 from search.measure_trial import worker_id
+from search.optuna_adapter import SETUP_PROGRESS_ATTR
 from search.recover_winner import RecoveryLock, recover_winner
 from search.setup import finalize, seed_study, summarize
 from search.spec import StudySpec
@@ -50,6 +52,7 @@ from storage.models import Study, StudyStatus
 from storage.retry import Backoff, describe, retry_db
 
 log = logging.getLogger(__name__)
+SETUP_PROGRESS_INTERVAL_S = 1.0  # the setup's progress is written at most this often within a step
 
 
 class RecoveryCancelled(Exception):
@@ -120,11 +123,22 @@ class ServiceWorker:
             update_summary(session, study_id=row.id, summary=summary)
 
     def setup(self, row: Study) -> None:
-        """Create the Optuna study (if the API did not), then seed it with the baselines."""
+        """Create the Optuna study (if the API did not), then seed it with the baselines, recording how far it is."""
         spec = spec_of(row)
         study = create_study(self.url, row.optuna_study_name, spec)
-        seed_study(study, spec, self.bench)
-        self.publish(row, summarize(study, spec))
+        progress = self.setup_record(row, study, spec)
+        seed_study(study, spec, self.bench, progress)
+        progress.finish()
+
+    def setup_record(self, row: Study, study: optuna.Study, spec: StudySpec) -> ThrottledRecord:
+        """The setup's progress record: kept with the Optuna study (so every later summary carries it) and
+        published in the study's summary as ``setup``, at most once a second within a step."""
+
+        def write(record: dict[str, Any]) -> None:
+            study.set_user_attr(SETUP_PROGRESS_ATTR, record)
+            self.publish(row, summarize(study, spec))
+
+        return ThrottledRecord(write, interval_s=SETUP_PROGRESS_INTERVAL_S)
 
     def work(self, row: Study) -> None:
         study, spec = load_study(self.url, row.optuna_study_name)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import optuna
 
+from common.progress import StepProgress, bound
 from compress.baselines import BaselineResult, build_baseline
 from compress.budget import LOWRANK_OPERATORS, SPARSITY_OPERATORS, check_operators
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
-from search.optuna_adapter import SETUP_ATTR
+from search.optuna_adapter import SETUP_ATTR, SETUP_PROGRESS_ATTR
 from search.spec import StudySpec
 from search.study import best_trial, measured
 from search.trial_digest import digest
@@ -32,30 +32,40 @@ def applicable_baselines(spec: StudySpec) -> list[str]:
     return methods
 
 
+#: The step a baseline's own long work reports as (its forward passes or training steps), beside
+#: ``baseline <method>``, which starts each baseline (0 of 1) whether or not it has long work.
+BASELINE_WORK = {"sensitivity": "sensitivity scan", "additive": "layer scan", "softlms": "softlms training"}
+
+
 def seed_study(
-    study: optuna.Study, spec: StudySpec, bench: Workbench, on_step: Callable[[str], None] | None = None
+    study: optuna.Study, spec: StudySpec, bench: Workbench, progress: StepProgress | None = None
 ) -> dict[str, BaselineResult]:
     """Build the baselines and enqueue them first, so the search starts from them. Idempotent.
 
     A setup cut short (its worker died, or lost the database) is run again by another worker: the
-    baselines already enqueued then are not enqueued twice.
+    baselines already enqueued then are not enqueued twice. ``progress`` hears every step in
+    real counts (``common.progress``): the model's loading, each baseline, the scans and training
+    runs the baselines need, and the caches (calibration statistics, factors, ranks) built on the way.
     """
     if study.user_attrs.get(SETUP_ATTR):
         return {}
+    if progress:
+        progress("loading the model", 0, 1)
     session = bench.session(spec.model_id)
     space = bench.space(spec)
     results: dict[str, BaselineResult] = {}
     enqueued = {t.user_attrs.get("source") for t in study.get_trials(deepcopy=False)}
     for method in applicable_baselines(spec):
-        if on_step:
-            on_step(f"baseline {method}")
+        if progress:
+            progress(f"baseline {method}", 0, 1)
         kwargs: dict[str, Any] = (
             {"tokens": spec.sensitivity_tokens, "dataset": spec.dataset} if method == "sensitivity"
-            else {"dataset": spec.dataset} if method == "additive" else {}
+            else {"dataset": spec.dataset} if method in ("additive", "softlms") else {}
         )
-        if method == "softlms":
-            kwargs = {"dataset": spec.dataset}
-        result = build_baseline(method, session, spec.budget_ratio, spec.operators, **kwargs)
+        if method in BASELINE_WORK:
+            kwargs["on_step"] = bound(progress, BASELINE_WORK[method])
+        with session.reporting(progress):
+            result = build_baseline(method, session, spec.budget_ratio, spec.operators, **kwargs)
         results[method] = result
         if f"baseline:{method}" in enqueued:
             continue
@@ -78,7 +88,8 @@ def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     """Best so far and the baselines, from the measured trials (cheap; no forward pass)."""
     trials = study.get_trials(deepcopy=False)
     seen = digest(trials)
-    scan = study.user_attrs.get("sensitivity_scan", {})
+    attrs = study.user_attrs
+    scan = attrs.get("sensitivity_scan", {})
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     return {
         "best": trial_metrics(seen.best) if seen.best else None,
@@ -87,7 +98,8 @@ def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "evaluated_tokens": int(sum(t.user_attrs.get("n_tokens", 0) for t in finished)),
         "sensitivity_evaluations": scan.get("evaluations", 0),
         "sensitivity_tokens": scan.get("evaluations", 0) * scan.get("tokens", 0),
-        "predictor": study.user_attrs.get("predictor"),
+        "predictor": attrs.get("predictor"),
+        "setup": attrs.get(SETUP_PROGRESS_ATTR),
     }
 
 

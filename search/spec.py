@@ -85,7 +85,7 @@ class StudySpec(BaseModel):
     budget_bits: Annotated[float | None, Field(gt=0.0, le=DENSE_BITS, description=(
         "average stored bits per linear-layer weight, every overhead counted (give this or budget); "
         "quantizers only, the bit width chosen per layer"))] = None
-    operators: Annotated[list[Operator], Field(min_length=1, max_length=len(OPERATOR_NAMES),
+    operators: Annotated[list[Operator], Field(min_length=1, max_length=len(OPERATOR_NAMES), validate_default=True,
                                                description="with budget: at least one parameter-reducing "
                                                            "operator, at most one quantizer; with budget_bits: "
                                                            "quantizers only")] = ["wanda"]

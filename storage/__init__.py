@@ -13,10 +13,12 @@ from storage.crud import (
     claim_queued_study,
     count_studies,
     create_study,
+    create_study_group,
     delete_study,
     end_setup_lease,
     get_artifact,
     get_study,
+    get_study_group,
     hash_token,
     list_artifacts,
     list_studies,
@@ -34,7 +36,7 @@ from storage.db import (
     normalize_url,
     session_scope,
 )
-from storage.models import Artifact, Base, Study, StudyStatus
+from storage.models import Artifact, Base, Study, StudyGroup, StudyStatus
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -43,18 +45,21 @@ __all__ = [
     "Base",
     "IllegalTransitionError",
     "Study",
+    "StudyGroup",
     "StudyRunningError",
     "StudyStatus",
     "add_artifact",
     "claim_queued_study",
     "count_studies",
     "create_study",
+    "create_study_group",
     "delete_study",
     "dispose_engines",
     "end_setup_lease",
     "get_artifact",
     "get_engine",
     "get_study",
+    "get_study_group",
     "hash_token",
     "init_db",
     "list_artifacts",

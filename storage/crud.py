@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from common.errors import SlimscoutError
-from storage.models import Artifact, Study, StudyStatus, utcnow
+from storage.models import Artifact, Study, StudyGroup, StudyStatus, utcnow
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -31,10 +31,12 @@ __all__ = [
     "claim_queued_study",
     "count_studies",
     "create_study",
+    "create_study_group",
     "delete_study",
     "end_setup_lease",
     "get_artifact",
     "get_study",
+    "get_study_group",
     "hash_token",
     "list_artifacts",
     "list_studies",
@@ -103,6 +105,24 @@ def create_study(session: Session, *, spec: Mapping[str, Any], owner_token_hash:
     session.add(study)
     session.flush()
     return study
+
+
+def create_study_group(session: Session, *, spec: Mapping[str, Any], study_ids: list[str],
+                       owner_token_hash: str | None = None) -> StudyGroup:
+    """Record that the studies ``study_ids`` (created already, ascending budget order) answer one request."""
+    group = StudyGroup(id=_new_study_id(), spec=dict(spec), study_ids=list(study_ids),
+                       owner_token_hash=owner_token_hash, created_at=utcnow())
+    session.add(group)
+    session.flush()
+    return group
+
+
+def get_study_group(session: Session, *, group_id: str, owner_token_hash: str | None = None) -> StudyGroup | None:
+    """The group ``group_id``; with ``owner_token_hash``, only if that owner created it."""
+    group = session.get(StudyGroup, group_id)
+    if group is None or (owner_token_hash is not None and group.owner_token_hash != owner_token_hash):
+        return None
+    return group
 
 
 def _reload(session: Session, study_id: str) -> Study | None:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Artifact", "Base", "Study", "StudyStatus", "UTCDateTime", "utcnow"]
+__all__ = ["Artifact", "Base", "Study", "StudyGroup", "StudyStatus", "UTCDateTime", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -152,3 +152,23 @@ class Artifact(Base):
 
     def __repr__(self) -> str:
         return f"Artifact(study_id={self.study_id!r}, kind={self.kind!r}, path={self.path!r})"
+
+
+class StudyGroup(Base):
+    """Studies created together from one request over a list of budgets (``search.budgets``), one per budget.
+
+    Each member is an ordinary study; the group only remembers which, in ascending budget order. A
+    member deleted on its own drops out of the group (its id stays listed here, and is skipped).
+    """
+
+    __tablename__ = "slimscout_study_groups"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    # The request as search.budgets.BudgetGroup.to_dict stores it: the shared spec with the list of budgets.
+    spec: Mapped[dict[str, Any]]
+    study_ids: Mapped[list[str]]
+    owner_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"StudyGroup(id={self.id!r}, study_ids={self.study_ids!r})"

@@ -1,4 +1,4 @@
-"""The dashboard: two HTML pages that poll the JSON API, plotly.js served from the plotly package.
+"""The dashboard: three HTML pages that poll the JSON API, plotly.js served from the plotly package.
 
 The pages hold no data, so they need no token; the API calls they make do. Each page is its
 ``<main>`` fragment in ``templates/`` put into the shared ``layout.html`` (head, header, scripts).
@@ -22,6 +22,7 @@ PLOTLY_PATH = "/static/vendor/plotly.min.js"
 PAGES = {
     "index.html": ("slimscout", ["/static/common.js", "/static/index.js"]),
     "study.html": ("slimscout study", [PLOTLY_PATH, "/static/common.js", "/static/study.js"]),
+    "group.html": ("slimscout group", [PLOTLY_PATH, "/static/common.js", "/static/group.js"]),
 }
 
 router = APIRouter(include_in_schema=False)
@@ -53,6 +54,11 @@ def index() -> HTMLResponse:
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(study_id: str) -> HTMLResponse:
     return HTMLResponse(_page("study.html"))
+
+
+@router.get("/groups/{group_id}", response_class=HTMLResponse)
+def group_page(group_id: str) -> HTMLResponse:
+    return HTMLResponse(_page("group.html"))
 
 
 @router.get(PLOTLY_PATH)

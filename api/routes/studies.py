@@ -8,18 +8,21 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import ValidationError, WithJsonSchema
 
 from api import study_view
 from api.deps import AUTH_RESPONSES, OptunaDep, OwnerDep, SessionDep, SettingsDep
 from api.jsonbody import StrictJSONRoute
-from api.quota import open_study_slot
+from api.quota import open_study_slot, open_study_slots
 from api.schemas import (
+    STUDY_REQUEST_SCHEMA,
     LayerProfile,
     Message,
     StudyDetail,
+    StudyGroupPublic,
     StudyList,
     StudyListItem,
     StudyPublic,
@@ -27,7 +30,7 @@ from api.schemas import (
 )
 from api.tarstream import tar_stream
 from api.validation import check_study
-from search.spec import StudySpec
+from search.budgets import BudgetGroup, parse_request
 from storage import (
     IllegalTransitionError,
     Study,
@@ -35,6 +38,7 @@ from storage import (
     StudyStatus,
     count_studies,
     create_study,
+    create_study_group,
     delete_study,
     get_artifact,
     get_study,
@@ -70,30 +74,57 @@ def _owned(session: SessionDep, study_id: str, owner: str | None) -> Study:
     return study
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic,
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic | StudyGroupPublic,
              dependencies=[Depends(open_study_slot)],
-             responses={429: {"model": Message, "description": "the token has SLIMSCOUT_MAX_OPEN_STUDIES open"},
+             responses={201: {"description": "one budget: the study; a list of budgets: the group (GET "
+                                             "/v1/groups/{id}), one study per budget"},
+                        429: {"model": Message, "description": "the token has SLIMSCOUT_MAX_OPEN_STUDIES open"},
                         413: {"model": Message, "description": "the body exceeds SLIMSCOUT_MAX_REQUEST_BYTES"},
                         415: {"model": Message, "description": "the body is not declared application/json"},
                         503: {"model": Message, "description": "the Optuna study could not be created"}})
-def create(body: StudySpec, response: Response, settings: SettingsDep, session: SessionDep, owner: OwnerDep,
-           optuna: OptunaDep) -> StudyPublic:
-    """Queue a study; workers pick it up from the database."""
-    body, errors = check_study(body, settings)
-    if errors:
-        raise RequestValidationError(errors)
-    study = create_study(session, spec=body.to_dict(), owner_token_hash=owner)
+def create(body: Annotated[dict[str, Any], Body(), WithJsonSchema(STUDY_REQUEST_SCHEMA)], response: Response,
+           settings: SettingsDep, session: SessionDep, owner: OwnerDep,
+           optuna: OptunaDep) -> StudyPublic | StudyGroupPublic:
+    """Queue a study; workers pick it up from the database. A list of budgets (``"budget": [0.3, 0.5]``)
+    queues one study per budget, answered as their group."""
+    try:
+        request = parse_request(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
+            from None
+    specs = request.specs if isinstance(request, BudgetGroup) else (request,)
+    if len(specs) > 1:
+        open_study_slots(settings, session, owner, wanted=len(specs))
+    checked = [check_study(spec, settings) for spec in specs]
+    if checked[0][1]:  # the settings' checks see no budget: every member fails alike
+        raise RequestValidationError(checked[0][1])
+    studies = [create_study(session, spec=spec.to_dict(), owner_token_hash=owner) for spec, _ in checked]
+    group = None
+    if isinstance(request, BudgetGroup):
+        group = create_study_group(session, spec=request.to_dict(), study_ids=[study.id for study in studies],
+                                   owner_token_hash=owner)
     # Commit before touching Optuna's tables: on SQLite our open write would block Optuna's.
     # A worker that claims the row first creates the Optuna study itself (load_if_exists on both sides).
     session.commit()
+    for study in studies:
+        _create_optuna_study(study, session, optuna)
+    if group is None:
+        response.headers["Location"] = f"/v1/studies/{studies[0].id}"
+        return StudyPublic.of(studies[0])
+    response.headers["Location"] = f"/v1/groups/{group.id}"
+    return StudyGroupPublic.of(group, [study_view.group_member(study) for study in studies],
+                               study_view.group_status([study.status for study in studies]))
+
+
+def _create_optuna_study(study: Study, session: SessionDep, optuna: OptunaDep) -> None:
+    """The study's Optuna study now; left to its worker on a transient error, else the study fails (503)."""
     try:
         optuna.create_study(study.optuna_study_name, study.spec)
     except Exception as exc:
         if is_transient(exc):  # the row is queued; the worker that claims it creates the Optuna study
             log.warning("Optuna study %s not created now (%s); its worker will", study.optuna_study_name,
                         describe(exc))
-            response.headers["Location"] = f"/v1/studies/{study.id}"
-            return StudyPublic.of(study)
+            return
         log.exception("could not create Optuna study %s", study.optuna_study_name)
         with suppress(IllegalTransitionError):  # cancelled meanwhile: leave it so
             set_status(session, study_id=study.id, status=StudyStatus.FAILED,
@@ -101,8 +132,6 @@ def create(body: StudySpec, response: Response, settings: SettingsDep, session: 
         session.commit()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail=f"study {study.id} failed to start: {exc}") from exc
-    response.headers["Location"] = f"/v1/studies/{study.id}"
-    return StudyPublic.of(study)
 
 
 @router.get("", response_model=StudyList)
@@ -129,6 +158,7 @@ def detail(study_id: str, session: SessionDep, owner: OwnerDep, optuna: OptunaDe
         **StudyPublic.of(study).model_dump(),
         counts=study_view.counts(seen),
         progress=study_view.progress(study, seen),
+        setup=study_view.setup_progress(study),
         best=study_view.best_point(study, trials, seen),
         baselines=study_view.baselines(study, seen),
         predictor=summary.get("predictor") if isinstance(summary.get("predictor"), dict) else None,

@@ -1,4 +1,4 @@
-// The study list (polled) and the form that starts a study.
+// The study list (polled) and the form that starts a study (or a group of them, one per budget).
 "use strict";
 
 (() => {
@@ -24,16 +24,18 @@
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const data = new FormData(form);
+    const budgets = String(data.get("budget")).split(",").map((b) => Number(b.trim()));
     const body = {
-      model_id: data.get("model_id"), budget: Number(data.get("budget")), granularity: data.get("granularity"),
+      model_id: data.get("model_id"), budget: budgets.length === 1 ? budgets[0] : budgets, granularity: data.get("granularity"),
       objective: data.get("objective"), n_trials: Number(data.get("n_trials")),
       eval_tokens: Number(data.get("eval_tokens")), dataset: data.get("dataset"), seed: Number(data.get("seed")),
       operators: data.getAll("operators"), strategy: data.get("strategy"), warm_start: data.get("warm_start") === "on",
     };
     try {
-      const study = await Slim.api("/v1/studies", {
+      const created = await Slim.api("/v1/studies", {
         method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
-      window.location.href = "/studies/" + encodeURIComponent(study.id);
+      // A list of budgets answers with the group (one study per budget).
+      window.location.href = (created.per_budget ? "/groups/" : "/studies/") + encodeURIComponent(created.id);
     } catch (err) {
       const detail = err.detail;
       Slim.showError(Array.isArray(detail)

@@ -53,6 +53,7 @@
       `${c.n_waiting} waiting · ${c.n_failed} failed · ${p.active_workers} active worker(s)` +
       (p.mean_trial_s !== null ? ` · ${Slim.duration(p.mean_trial_s)} per trial` : "");
     $("eta").textContent = d.status === "completed" ? "done" : Slim.duration(p.eta_s);
+    renderSetup(d.setup);
     $("study-error").textContent = d.error ? "error: " + d.error : "";
     $("cancel").hidden = !(d.status === "queued" || d.status === "running");
     $("download-config").disabled = !d.best;
@@ -82,6 +83,20 @@
     $("predictor").innerHTML = q ? [["spearman", Slim.num(q.spearman, 3)], ["mae", Slim.num(q.mae)],
       ["trained on", q.n_train ?? "–"], ["screened", q.n_screened ?? "–"]]
       .map(([k, v]) => `<dt>${k}</dt><dd>${Slim.esc(v)}</dd>`).join("") : `<dt>not trained yet</dt><dd></dd>`;
+  }
+
+  // The setup (baselines, their scans, the caches they build): which step runs and how far, until it is over.
+  function renderSetup(s) {
+    $("setup").hidden = !s;
+    if (!s) return;
+    $("setup-progress").hidden = s.finished;
+    if (s.finished) {
+      $("setup-text").innerHTML = `<span class="muted">Setup done in ${Slim.duration(s.seconds)}</span>`;
+      return;
+    }
+    $("setup-text").innerHTML = `<strong>Setting up</strong>: ${Slim.esc(s.step || "starting")}` +
+      (s.total ? ` · ${s.done} / ${s.total}` : "") + ` · ${Slim.duration(s.seconds)} so far`;
+    $("setup-bar").style.width = (100 * s.fraction).toFixed(1) + "%";
   }
 
   // The winner's recovery (spec.recover_steps): progress while it runs, holdout before → after once done.

@@ -10,7 +10,7 @@ One handler per method (``compress.registry.METHODS``), one class per slot of a 
   tabulates pruned-energy curves from it. A reconstruction operator (SparseGPT) subclasses
   ``SparsityHandler`` directly: ``sparsify`` may load its result from a per-level database kept
   in ``ctx.handler_cache(self.name)`` and built in ``warm``.
-- ``QuantHandler``: the dequantized matrix at a ``QuantSpec``.
+- ``QuantHandler``: the dequantized matrix at a ``QuantSpec``, and the integer grid it is stored as.
 
 The cost (``cost``/``stored_shapes``) is the accounting of the stored format. It is the same for
 every method of a slot today, so it lives on the base classes; a method with another format
@@ -35,7 +35,7 @@ from common.errors import ConfigError
 from compress.calibration import CalibrationStats
 from compress.config import LowRankSpec, QuantSpec, SparsitySpec
 from compress.layers import LinearLayer
-from compress.ops import SVDFactors, nm_mask, pruned_per_row, row_ranks, unstructured_mask
+from compress.ops import QuantizedWeight, SVDFactors, nm_mask, pruned_per_row, row_ranks, unstructured_mask
 
 DENSE_BYTES_PER_PARAM = 2
 SCALE_BYTES = 2  # one fp16 scale per quantization group
@@ -168,9 +168,11 @@ class ScoreSparsity(SparsityHandler):
 
 
 class QuantHandler(ABC):
-    """Stores a matrix in fewer bits; ``quantize`` returns what a Linear computes with (dequantized)."""
+    """Stores a matrix in fewer bits; ``quantize`` returns what a Linear computes with (dequantized),
+    ``grid`` the integers and scales it is stored as."""
 
     slot: ClassVar[str] = "quant"
+    symmetric: ClassVar[bool] = True  # the grid's zero point is fixed at 2^(bits-1) (nothing stored for it)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -181,6 +183,13 @@ class QuantHandler(ABC):
     @abstractmethod
     def quantize(self, ctx: LayerContext | None, name: str, matrix: Tensor, spec: QuantSpec) -> Tensor:
         """The dequantized ``matrix`` (float32) of layer ``name`` (or one of its factors)."""
+
+    @abstractmethod
+    def grid(self, ctx: LayerContext, name: str, matrix: Tensor, spec: QuantSpec) -> QuantizedWeight:
+        """What ``quantize`` dequantizes, as stored: codes, per-group scales and zero points, with
+        ``grid(...).dequantize()`` equal to ``quantize(...)`` bit for bit and ``symmetric`` the
+        handler's. For exports that write the integers (``compress.export_ct``). Whole groups of a
+        layer's weight only, no SDQ outliers (a ``ValueError``: the caller checks first)."""
 
     def value_bytes(self, layer: LinearLayer, rows: int, cols: int, kept: int, spec: QuantSpec) -> int:
         """Bytes of ``kept`` values of a ``rows x cols`` matrix: codes, one fp16 scale per group, and

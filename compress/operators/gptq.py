@@ -8,10 +8,12 @@ mix of per-layer bit widths plugs together) and kept on disk as integer codes an
 then dequantised bit for bit on load.
 
 The grid is symmetric per group (``compress.ops.gptq``'s default), the grid RTN uses, so the stored
-format and its cost are RTN's: codes plus one fp16 scale per group. The group size must divide the
-layer's inputs (GPTQ sweeps whole groups): ``compress.budget`` picks ``default_group_size`` per layer
-(128 where it divides, else 64). Dampening 0.1 of the mean Hessian diagonal: on smollm2-135m it beat
-RTN on the holdout text where 0.01 fitted the calibration text too closely.
+format and its cost are RTN's: codes plus one fp16 scale per group (the zero point is the fixed
+midpoint 2^(bits-1); ``grid`` hands codes and scales to the compressed-tensors export). The group
+size must divide the layer's inputs (GPTQ sweeps whole groups): ``compress.budget`` picks
+``default_group_size`` per layer (128 where it divides, else 64). Dampening 0.1 of the mean Hessian
+diagonal: on smollm2-135m it beat RTN on the holdout text where 0.01 fitted the calibration text too
+closely.
 
 Scope: a layer's dense weight. Sparse or low-rank layers are refused (the column updates would fill
 pruned weights back in, and a factor has no Gram of its own inputs here).
@@ -38,9 +40,9 @@ def setting_key(spec: QuantSpec) -> str:
 
 class GPTQQuant(QuantHandler):
     def warm(self, ctx: LayerContext, name: str, spec: QuantSpec) -> None:
-        self._quantized(ctx, name, spec)
+        self._stored(ctx, name, spec)
 
-    def _quantized(self, ctx: LayerContext, name: str, spec: QuantSpec) -> Tensor:
+    def _stored(self, ctx: LayerContext, name: str, spec: QuantSpec) -> QuantizedWeight:
         dense = ctx.dense_weight(name)
 
         def compute() -> dict[str, Tensor]:
@@ -52,16 +54,22 @@ class GPTQQuant(QuantHandler):
             return {"codes": q.codes, "scales": q.scales, "zeros": q.zeros}
 
         stored = layer_result(ctx, self.name, "gptq", name, setting_key(spec), compute)
-        return QuantizedWeight(stored["codes"], stored["scales"], stored["zeros"], spec.bits,
-                               spec.group_size).dequantize()
+        return QuantizedWeight(stored["codes"], stored["scales"], stored["zeros"], spec.bits, spec.group_size,
+                               symmetric=True)  # gptq's default grid, as computed above
 
-    def quantize(self, ctx: LayerContext | None, name: str, matrix: Tensor, spec: QuantSpec) -> Tensor:
+    def _dense_only(self, ctx: LayerContext | None, name: str, matrix: Tensor) -> LayerContext:
         if ctx is None:
             raise ConfigError(f"layers.{name}.quant.method", "gptq needs the model's calibration statistics")
         dense = ctx.dense_weight(name)
         if matrix is not dense and not (matrix.shape == dense.shape and torch.equal(matrix, dense)):
             raise ConfigError(f"layers.{name}.quant.method", _DENSE_ONLY)
-        return self._quantized(ctx, name, spec)
+        return ctx
+
+    def quantize(self, ctx: LayerContext | None, name: str, matrix: Tensor, spec: QuantSpec) -> Tensor:
+        return self._stored(self._dense_only(ctx, name, matrix), name, spec).dequantize()
+
+    def grid(self, ctx: LayerContext, name: str, matrix: Tensor, spec: QuantSpec) -> QuantizedWeight:
+        return self._stored(self._dense_only(ctx, name, matrix), name, spec)
 
     def value_bytes(self, layer: LinearLayer, rows: int, cols: int, kept: int, spec: QuantSpec) -> int:
         """RTN's format (codes and one fp16 scale per group); only a whole dense weight in whole groups."""

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from compress.config import QuantSpec
 from compress.operators.base import LayerContext, QuantHandler
-from compress.ops import fake_quant, sdq
+from compress.ops import QuantizedWeight, fake_quant, rtn_grid, sdq
 
 
 class RoundToNearest(QuantHandler):
@@ -19,6 +19,11 @@ class RoundToNearest(QuantHandler):
         if nm is None:
             return fake_quant(matrix, spec.bits, spec.group_size)
         return sdq(matrix, spec.bits, spec.group_size, *nm)
+
+    def grid(self, ctx: LayerContext, name: str, matrix: Tensor, spec: QuantSpec) -> QuantizedWeight:
+        if spec.outliers is not None:
+            raise ValueError(f"layer {name} keeps SDQ outliers beside its grid")
+        return rtn_grid(matrix, spec.bits, spec.group_size)
 
 
 HANDLER = RoundToNearest("rtn")

@@ -2,7 +2,7 @@
 
 from .gptq import GPTQResult, QuantizedWeight, default_group_size, gptq, pack_codes, unpack_codes
 from .lowrank import SVDFactors, lowrank_params, lowrank_weight, svd_factors, tail_energy
-from .quant import dequantize_groups, fake_quant, quant_error, quantize_groups, sdq
+from .quant import dequantize_groups, fake_quant, quant_error, quantize_groups, rtn_grid, sdq
 from .sparsegpt import SparseGPTResult, sparsegpt, sparsegpt_result
 from .sparsity import (
     magnitude_score,
@@ -33,6 +33,7 @@ __all__ = [
     "quant_error",
     "quantize_groups",
     "row_ranks",
+    "rtn_grid",
     "sdq",
     "sparsegpt",
     "sparsegpt_result",

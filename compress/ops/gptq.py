@@ -32,13 +32,19 @@ def default_group_size(in_features: int) -> int:
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    """What a quantised weight stores: codes in [0, 2^bits), and per group a scale and a zero point."""
+    """What a quantised weight stores: codes in [0, 2^bits), and per group a scale and a zero point.
+
+    ``symmetric``: the grid's zero point is fixed at 2^(bits-1) in every group (so it need not be
+    stored; an export writes signed codes ``codes - 2^(bits-1)`` and scales only); otherwise each
+    group has its own fitted zero point.
+    """
 
     codes: Tensor  # uint8 [out, in]
     scales: Tensor  # float32 [out, in // group_size]
     zeros: Tensor  # uint8 [out, in // group_size]
     bits: int
     group_size: int
+    symmetric: bool
 
     def dequantize(self) -> Tensor:
         zeros = self.zeros.float().repeat_interleave(self.group_size, dim=1)
@@ -116,7 +122,8 @@ class GroupGrid:
         return (code - zero) * scale
 
     def result(self) -> QuantizedWeight:
-        return QuantizedWeight(self.codes, self.scales, self.zeros.to(torch.uint8), self.bits, self.group_size)
+        return QuantizedWeight(self.codes, self.scales, self.zeros.to(torch.uint8), self.bits, self.group_size,
+                               symmetric=self.symmetric)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from common.errors import ConfigError
 
+from .gptq import QuantizedWeight
 from .sparsity import nm_mask
 
 
@@ -45,6 +46,21 @@ def dequantize_groups(codes: Tensor, scale: Tensor, group_size: int) -> Tensor:
     cols = codes.shape[1]
     group_size = min(group_size, cols)
     return (codes.float() * scale.repeat_interleave(group_size, dim=1)[:, :cols]).contiguous()
+
+
+def rtn_grid(weight: Tensor, bits: int, group_size: int) -> QuantizedWeight:
+    """:func:`quantize_groups` as a stored grid: codes offset by the fixed zero point 2^(bits-1).
+
+    Whole groups only (``group_size`` must divide the inputs); ``dequantize()`` equals
+    :func:`fake_quant` bit for bit (both compute ``code * scale`` in float32).
+    """
+    if weight.dim() != 2 or weight.shape[1] % group_size:
+        raise ValueError(f"a grid needs whole groups: {group_size} does not divide the inputs of "
+                         f"{tuple(weight.shape)}")
+    codes, scales = quantize_groups(weight, bits, group_size)
+    zero = 2 ** (bits - 1)
+    return QuantizedWeight((codes.to(torch.int16) + zero).to(torch.uint8), scales,
+                           torch.full_like(scales, zero, dtype=torch.uint8), bits, group_size, symmetric=True)
 
 
 def fake_quant(weight: Tensor, bits: int, group_size: int) -> Tensor:

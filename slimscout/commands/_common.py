@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -64,6 +65,20 @@ def bits_float(text: str) -> float:
     if not 0.0 < value <= 16.0:
         raise argparse.ArgumentTypeError(f"bits per weight must be in (0, 16], got {value}")
     return value
+
+
+def number_list(parse: Callable[[str], float]) -> Callable[[str], float | list[float]]:
+    """An argument type for one number or a comma-separated list (``0.3,0.5``), each parsed by ``parse``.
+
+    One number stays a number (a single-budget study, as before); the order and repeats of a list are
+    the spec's to check (``search.budgets``), so its error names the field.
+    """
+    def parsed(text: str) -> float | list[float]:
+        values = [parse(part.strip()) for part in text.split(",")]
+        return values[0] if len(values) == 1 else values
+
+    parsed.__name__ = f"{parse.__name__}_list"  # argparse names the type in its errors
+    return parsed
 
 
 def print_result(payload: dict[str, Any], *, as_json: bool, width: int = 16) -> None:

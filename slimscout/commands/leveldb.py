@@ -41,11 +41,16 @@ def run(args: argparse.Namespace) -> int:
     with progress(not args.json) as bar:
         task = bar.add_task(f"{args.operator} levels", total=len(session.layers), status="") if bar else None
 
+        def on_cache(step: str, done: int, total: int) -> None:  # the calibration statistics the build needs
+            if bar is not None and task is not None:
+                bar.update(task, description=step, completed=done, total=total)
+
         def on_layer(done: int, total: int, name: str) -> None:
             if bar is not None and task is not None:
-                bar.update(task, completed=done, status=name)
+                bar.update(task, description=f"{args.operator} levels", completed=done, total=total, status=name)
 
-        db = LevelDatabase.build(session, args.operator, grid, progress=on_layer)
+        with session.reporting(on_cache):
+            db = LevelDatabase.build(session, args.operator, grid, progress=on_layer)
     print_result({
         "directory": str(db.directory),
         "operator": args.operator,

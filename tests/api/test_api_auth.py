@@ -41,6 +41,7 @@ def served_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 # Everything else needs a token; a new route is refused by this test until it needs one or is listed here.
 PUBLIC = {("GET", "/healthz"), ("GET", "/"), ("GET", "/studies/{study_id}"),  # health; dashboard shells, no data
+          ("GET", "/groups/{group_id}"),
           ("GET", "/static"), ("GET", "/static/vendor/plotly.min.js"),        # static files
           ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/assets")}  # the API's docs, Swagger UI
 PUBLIC_SAMPLES = {"/static": "/static/study.js", "/docs/assets": "/docs/assets/swagger-ui.css"}
@@ -64,24 +65,25 @@ def test_every_route_needs_a_valid_token_unless_listed_public(make_client: MakeC
                                                               storage_url: str, tmp_path: Path) -> None:
     client = make_client(api_token="alice-token")
     sid = owned_study(client, worker, storage_url, tmp_path, ALICE)
+    gid = client.post("/v1/studies", json={**STUDY, "budget": [0.3, 0.6]}, headers=ALICE).json()["id"]
     routes = served_routes(client.app)  # type: ignore[arg-type]
     assert {path for _, path in routes} >= {"/v1/studies/{study_id}/checkpoint", "/v1/studies/{study_id}/best-config",
                                             "/v1/studies/{study_id}/trials", "/v1/models"}
     guarded = [(method, path) for method, path in routes if (method, path) not in PUBLIC]
     assert len(guarded) >= 9
     for method, template in guarded:
-        path = template.replace("{study_id}", sid)
+        path = template.replace("{study_id}", sid).replace("{group_id}", gid)
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "alice-token"},
                         {"Authorization": "Bearer "}, {"Authorization": "Basic YWxpY2U6YWxpY2UtdG9rZW4="},
                         {"Authorization": "Bearer alice-toke"}, {"Authorization": "Bearer alice-tokenx"}):
             response = client.request(method, path, headers=headers, json=STUDY if method == "POST" else None)
             assert response.status_code == 401, (method, path, headers, response.status_code)
             assert response.headers["www-authenticate"] == "Bearer"
-            assert sid not in response.text
+            assert sid not in response.text and gid not in response.text
         assert client.request(method, path, headers=ALICE, json=STUDY if method == "POST" else None).status_code < 300
     # The public routes answer without a token, and hold no study data.
     for method, template in PUBLIC & set(routes):
-        path = PUBLIC_SAMPLES.get(template, template.replace("{study_id}", sid))
+        path = PUBLIC_SAMPLES.get(template, template.replace("{study_id}", sid).replace("{group_id}", gid))
         response = client.request(method, path)
         assert response.status_code == 200, (method, path, response.status_code)
         assert sid not in response.text

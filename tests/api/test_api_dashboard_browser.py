@@ -230,3 +230,101 @@ def test_dashboard_shows_the_recovery_of_the_winner(server: str, browser: WebDri
     wait_for(lambda: not browser.execute_script("return document.getElementById('download-recovered').hidden"),
              what="the recovered checkpoint's download button")
     assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_setup_step_and_how_far_it_is(server: str, browser: WebDriver, storage_url: str) -> None:
+    """While a worker sets the study up, the page says which step runs, its counts and a bar; then that it is done."""
+    created = httpx.post(f"{server}/v1/studies", headers=AUTH, json={"model_id": "smollm2-135m", "budget": 0.5})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+
+    def setup(record: dict[str, Any]) -> None:  # as the worker's ThrottledRecord writes it (search.service_worker)
+        with session_scope(get_engine(storage_url)) as session:
+            update_summary(session, study_id=sid, summary={"evaluations": 0, "setup": record})
+
+    browser.get(server + "/")
+    browser.find_element("id", "token").send_keys(TOKEN)
+    browser.find_element("id", "token-save").click()
+    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
+    browser.get_log("browser")  # drop the 401s from before the token was entered
+    browser.get(f"{server}/studies/{sid}")
+    wait_for(lambda: text_of(browser, "status") == "queued", what="the queued study")
+    assert browser.execute_script("return document.getElementById('setup').hidden")  # no worker on it yet
+
+    with session_scope(get_engine(storage_url)) as session:
+        set_status(session, study_id=sid, status="running")
+    setup({"step": "sensitivity scan", "done": 37, "total": 120, "seconds": 95.0, "finished": False})
+    line = wait_for(lambda: "37 / 120" in text_of(browser, "setup-text") and text_of(browser, "setup-text"),
+                    what="the setup's step and counts")
+    assert line == "Setting up: sensitivity scan · 37 / 120 · 1m 35s so far"
+    assert not browser.execute_script("return document.getElementById('setup').hidden")
+    width = "return document.getElementById('setup-bar').style.width"
+    wait_for(lambda: browser.execute_script(width) == "30.8%", what="the setup's bar at 37/120")
+
+    setup({"step": "sensitivity scan", "done": 120, "total": 120, "seconds": 301.0, "finished": True})
+    wait_for(lambda: text_of(browser, "setup-text") == "Setup done in 5m 1s", what="the setup marked done")
+    assert browser.execute_script("return document.getElementById('setup-progress').hidden")
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow
+def test_dashboard_group_page_draws_each_budgets_winner_on_one_frontier(server: str, browser: WebDriver,
+                                                                       worker: FakeWorker, storage_url: str,
+                                                                       tmp_path: Path) -> None:
+    """A list of budgets typed into the index form starts a group; its page follows the members and plots
+    each budget's holdout winner, the frontier joining the ones no smaller budget beats."""
+    browser.get(server + "/")
+    browser.find_element("id", "token").send_keys(TOKEN)
+    browser.find_element("id", "token-save").click()
+    wait_for(lambda: browser.execute_script("return document.getElementById('model_id').options.length"),
+             what="the model choices")
+    browser.get_log("browser")  # drop the 401s from before the token was entered
+    budget = browser.find_element("id", "budget")
+    budget.clear()
+    budget.send_keys("0.3, 0.5, 0.7")
+    browser.find_element("id", "start-button").click()
+    wait_for(lambda: "/groups/" in browser.current_url, what="the group page")
+    gid = browser.current_url.rstrip("/").split("/")[-1]
+    group = httpx.get(f"{server}/v1/groups/{gid}", headers=AUTH).json()
+    assert group["budgets"] == [0.3, 0.5, 0.7]
+    members = {m["budget"]: m["study_id"] for m in group["per_budget"]}
+    wait_for(lambda: text_of(browser, "budget-count") == "3", what="three budgets on the page")
+
+    # Workers measure each member; the 0.5 one is still searching when the others are re-measured on holdout.
+    names = {b: httpx.get(f"{server}/v1/studies/{sid}", headers=AUTH).json()["optuna_study_name"]
+             for b, sid in members.items()}
+    holdout_kl = {0.3: 0.91, 0.7: 0.22}
+    for b, sid in members.items():
+        with session_scope(get_engine(storage_url)) as session:
+            set_status(session, study_id=sid, status="running")
+        worker.add(names[b], [round(1.2 - b, 3), round(1.1 - b, 3)], ratio=1 - b, duration_s=20,
+                   model_id="smollm2-135m", blocks=BLOCKS)
+        if b in holdout_kl:
+            holdout = {"dense": {"ppl": 30.4, "kl": 0.0}, "tokens": 4096,
+                       "best": {"ppl": 30.4 + 80 * holdout_kl[b], "kl": holdout_kl[b]},
+                       "uniform": {"ppl": 40.0 + 90 * holdout_kl[b], "kl": holdout_kl[b] + 0.15}}
+            with session_scope(get_engine(storage_url)) as session:
+                update_summary(session, study_id=sid, summary={"holdout": holdout, "evaluations": 2})
+                set_status(session, study_id=sid, status="completed")
+    with session_scope(get_engine(storage_url)) as session:
+        add_artifact(session, study_id=members[0.7], kind="checkpoint", path="/nonexistent", size_bytes=1, sha256="0")
+
+    wait_for(lambda: text_of(browser, "done-count") == "2", what="two budgets done")
+    assert text_of(browser, "status") == "running"
+    frontier = """const c = document.getElementById('chart-frontier');
+        return c.data ? c.data.map((t) => [t.name, t.x, t.y]) : null"""
+    drawn = wait_for(lambda: (lambda d: d if d and len(d) >= 3 else None)(browser.execute_script(frontier)),
+                     what="the frontier")
+    by_name = {name: (x, y) for name, x, y in drawn}
+    assert by_name["frontier (holdout)"] == ([0.3, 0.7], [0.91, 0.22])
+    assert by_name["best so far (search split)"] == ([0.5], [0.6])  # the lower of its two trials
+    assert by_name["uniform (holdout)"] == ([0.3, 0.7], [pytest.approx(1.06), pytest.approx(0.37)])
+    rows = browser.find_elements("css selector", "#members tr")
+    assert [row.find_element("css selector", "td").text for row in rows] == ["0.3", "0.5", "0.7"]
+    assert len(browser.find_elements("css selector", "#members button.checkpoint")) == 1  # the 0.7 member's
+    links = [a.get_attribute("href") for a in browser.find_elements("css selector", "#members a")]
+    assert links == [f"{server}/studies/{members[b]}" for b in (0.3, 0.5, 0.7)]
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+    time.sleep(1.0)  # let Plotly finish its transitions
+    assert browser.save_screenshot(str(tmp_path / "group.png"))

@@ -87,15 +87,19 @@ def fuzz(client: TestClient, passes: list[Pass], study_id: str, headers: dict[st
     sent: Sent = Counter()
     # DELETE gets a study of its own to delete (204 once, then 404), so the seeded one serves every other call.
     victim = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget": 0.5}, headers=TOKEN).json()["id"]
+    group = client.post("/v1/studies", json={"model_id": "tiny-llama", "budget": [0.3, 0.6]},
+                        headers=TOKEN).json()["id"]  # GET /v1/groups/{group_id} reads it
     for operation in operations:
         known = victim if operation.method.upper() == "DELETE" else study_id
         for mode, examples, known_id in passes:
-            if known_id and "{study_id}" not in operation.path:
+            known_ids = {"study_id": known, "group_id": group}
+            known_ids = {name: value for name, value in known_ids.items() if "{" + name + "}" in operation.path}
+            if known_id and not known_ids:
                 continue
             if mode is GenerationMode.NEGATIVE and not (any(operation.iter_parameters()) or operation.body):
                 continue  # nothing to get wrong
             strategy = operation.as_strategy(generation_mode=mode,
-                                             path_parameters={"study_id": known} if known_id else None)
+                                             path_parameters=known_ids if known_id else None)
             if mode is GenerationMode.POSITIVE and operation.label == "POST /v1/studies":
                 strategy = st.one_of(strategy, strategy.map(with_known_model))
 

@@ -44,7 +44,15 @@ def _enum(schema: dict[str, Any], name: str) -> tuple[str, ...]:
 def test_the_api_the_cli_and_the_registries_share_one_vocabulary(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/studies"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": "#/components/schemas/StudySpec"}  # the request body is the spec
+    # The request body is the spec, each budget also a list (one study per budget, search.budgets).
+    spec = StudySpec.model_json_schema()
+    assert body["properties"].keys() == spec["properties"].keys() and body["required"] == spec["required"]
+    def others(properties: dict[str, Any]) -> dict[str, Any]:  # FastAPI leaves out defaults of None
+        return {name: {k: v for k, v in field.items() if k != "default"} for name, field in properties.items()
+                if not name.startswith("budget")}
+
+    assert others(body["properties"]) == others(spec["properties"])
+    assert [option["type"] for option in body["properties"]["budget"]["anyOf"]] == ["number", "array", "null"]
     assert _enum(schema, "operators") == OPERATOR_NAMES
     assert _enum(schema, "strategy") == STRATEGY_NAMES == _cli_choices("--strategy")
     assert _enum(schema, "granularity") == GRANULARITIES == _cli_choices("--granularity")

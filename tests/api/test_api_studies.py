@@ -327,3 +327,41 @@ def test_healthz_reports_an_unreachable_database(make_client) -> None:  # type: 
         update={"storage_url": "sqlite:////nonexistent-dir/x/y.db"})
     response = client.get("/healthz")
     assert response.status_code == 503 and response.json()["status"] == "error"
+
+
+def test_a_study_in_setup_reports_its_step_and_counts(client: TestClient, storage_url: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real worker sets a tiny-llama study up; after each of its writes the detail shows where the setup is."""
+    import threading
+
+    from compress.baselines import sensitivity_levels
+    from search.context import Workbench
+    from search.service_worker import ServiceWorker
+
+    study = create(client, baselines=["uniform", "sensitivity"], strategy="tpe", eval_tokens=64,
+                   sensitivity_tokens=64, n_trials=4)
+    assert client.get(f"/v1/studies/{study['id']}").json()["setup"] is None  # no worker on it yet
+    worker = ServiceWorker(storage_url, Workbench(), threading.Event())
+    publish, seen = worker.publish, []
+
+    def publish_and_look(row: object, summary: dict) -> None:
+        publish(row, summary)  # type: ignore[arg-type]
+        seen.append(client.get(f"/v1/studies/{study['id']}").json())
+
+    monkeypatch.setattr(worker, "publish", publish_and_look)
+    assert worker.step()  # claims the queued study and sets it up
+    setups = [detail["setup"] for detail in seen]
+    running = [s for s in setups if not s["finished"]]
+    steps = [s["step"] for i, s in enumerate(running) if i == 0 or running[i - 1]["step"] != s["step"]]
+    assert steps == ["loading the model", "baseline uniform", "baseline sensitivity", "sensitivity scan",
+                     "calibration statistics", "wanda ranks", "sensitivity scan"]  # a new step is written at once
+    scan = [(s["done"], s["total"]) for s in running if s["step"] == "sensitivity scan"]
+    passes = 4 * len(sensitivity_levels(0.5))  # tiny-llama's 4 blocks at each level
+    assert scan[0] == (0, passes) and all(total == passes for _, total in scan)
+    assert all(s["fraction"] == pytest.approx(s["done"] / s["total"]) for s in running)
+    assert [s["seconds"] for s in setups] == sorted(s["seconds"] for s in setups)
+    final = seen[-1]
+    assert final["setup"]["finished"] and final["setup"]["step"] == "sensitivity scan"
+    assert final["setup"]["done"] == passes  # the final state, though the throttle held the last count back
+    assert "setup" not in final["summary"]
+    assert final["baselines"] == {} and final["counts"]["n_waiting"] == 2  # seeded, not measured yet

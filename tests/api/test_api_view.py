@@ -120,3 +120,15 @@ def test_incremental_digest_matches_a_full_pass() -> None:
         assert (got.completed_s, got.n_timed) == (want.completed_s, want.n_timed)
     assert got.best is later[1]  # the tie at 0.2 goes to the earlier trial
     assert got.baselines["uniform"] is later[5]  # the rerun
+
+
+def test_setup_progress_reads_a_sound_record_and_nothing_else() -> None:
+    record = {"step": "sensitivity scan", "done": 3, "total": 12, "seconds": 4.5, "finished": False}
+    shown = study_view.setup_progress(study(summary={"setup": record}))
+    assert shown is not None and shown.model_dump() == {**record, "fraction": 0.25}
+    for odd in (None, "scan", {**record, "done": 13}, {**record, "total": None}, {**record, "seconds": math.inf},
+                {**record, "done": -1}):
+        assert study_view.setup_progress(study(summary={"setup": odd})) is None, odd
+    assert study_view.setup_progress(study(summary=None)) is None
+    empty = study_view.setup_progress(study(summary={"setup": {**record, "done": 0, "total": 0, "step": 7}}))
+    assert empty is not None and empty.fraction == 0.0 and empty.step is None

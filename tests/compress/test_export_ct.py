@@ -9,13 +9,17 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from common.errors import ExportError
+from compress import registry
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, QuantSpec, SparsitySpec, config_from_dict
 from compress.export import CARD_NAME, MANIFEST_NAME, export_compressed, load_compressed
 from compress.model_card import CardMeasurement
+from compress.operators.base import LayerContext, QuantHandler
+from compress.ops import QuantizedWeight, default_group_size, fake_quant, gptq
 from compress.session import ModelSession
 from compress.weight_files import DTYPES, INDEX_NAME
 from slimscout.cli import main
@@ -44,6 +48,54 @@ def mixed_bits(session: ModelSession) -> CompressionConfig:
         layer.name: LayerConfig(quant=QuantSpec(8 if layer.type == "down" else 4, 16)) for layer in session.layers})
 
 
+GPTQ_BITS = {"q": 3, "k": 3, "v": 8, "o": 4, "gate": 3, "up": 4, "down": 8}
+
+
+def gptq_mixed(session: ModelSession) -> CompressionConfig:
+    """GPTQ at 3, 4 and 8 bits by layer type, each layer at its default group size (64 or 128 here)."""
+    return CompressionConfig("tiny-llama", {
+        layer.name: LayerConfig(quant=QuantSpec(GPTQ_BITS[layer.type], default_group_size(layer.in_features),
+                                                method="gptq"))
+        for layer in session.layers})
+
+
+class MinMaxRound(QuantHandler):
+    """Round to nearest on GPTQ's asymmetric min-max grid (a zero point per group; GPTQ with an identity
+    Hessian compensates nothing): a quantiser whose zero points the export cannot write."""
+
+    symmetric = False
+
+    def quantize(self, ctx: LayerContext | None, name: str, matrix: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+        return gptq(matrix, torch.eye(matrix.shape[1]), bits=spec.bits, group_size=spec.group_size,
+                    symmetric=False).weight
+
+    def grid(self, ctx: LayerContext, name: str, matrix: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
+        return gptq(matrix, torch.eye(matrix.shape[1]), bits=spec.bits, group_size=spec.group_size,
+                    symmetric=False).quantized
+
+
+MIN_MAX = MinMaxRound("minmax")
+
+
+@pytest.fixture
+def asymmetric_method(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(registry.METHODS, ("quant", "minmax"), registry.MethodInfo(
+        "quant", "minmax", f"{__name__}:MIN_MAX", "round to nearest, min-max grid", bits=(2, 3, 4, 8)))
+    return "minmax"
+
+
+def config_for(session: ModelSession, kind: str) -> CompressionConfig:
+    if kind == "int4":
+        return uniform(session, quant=QuantSpec(4, 16))
+    if kind == "mixed":
+        return mixed_bits(session)
+    if kind == "gptq-int4":
+        return CompressionConfig("tiny-llama", {layer.name: LayerConfig(quant=QuantSpec(4, 64, method="gptq"))
+                                                for layer in session.layers})
+    assert kind == "gptq-mixed"
+    return gptq_mixed(session)
+
+
 def applied_weights(session: ModelSession, config: CompressionConfig) -> dict[str, torch.Tensor]:
     with session.applied(config):
         return {name: module.weight.detach().clone() for name, module in session.modules.items()}
@@ -61,37 +113,82 @@ def plain_load(out: Path) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(out).eval()
 
 
-def test_the_vocabularies_agree() -> None:
-    assert tuple(DTYPES) == apply_command.DTYPES
-
-
-@pytest.mark.parametrize("kind", ["int4", "mixed"])
-def test_quantised_export_loads_with_plain_transformers_bit_for_bit(session: ModelSession, ids: torch.Tensor,
-                                                                     tmp_path: Path, kind: str) -> None:
-    config = uniform(session, quant=QuantSpec(4, 16)) if kind == "int4" else mixed_bits(session)
-    expected = applied_weights(session, config)
-    result = export_compressed(session, config, tmp_path / "out", export_format="compressed-tensors")
-
-    quant = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+def config_groups(out: Path) -> dict[tuple[int, int, bool], set[str]]:
+    quant = json.loads((out / "config.json").read_text())["quantization_config"]
     assert quant["quant_method"] == "compressed-tensors" and quant["format"] == "pack-quantized"
-    groups = {(g["weights"]["num_bits"], g["weights"]["group_size"]): set(g["targets"])
-              for g in quant["config_groups"].values()}
-    wanted: dict[tuple[int, int], set[str]] = {}
+    return {(g["weights"]["num_bits"], g["weights"]["group_size"], g["weights"]["symmetric"]): set(g["targets"])
+            for g in quant["config_groups"].values()}
+
+
+def wanted_groups(config: CompressionConfig) -> dict[tuple[int, int, bool], set[str]]:
+    """One symmetric group per (bits, group size) of the config."""
+    wanted: dict[tuple[int, int, bool], set[str]] = {}
     for name, cfg in config.layers.items():
         assert cfg.quant is not None
-        wanted.setdefault((cfg.quant.bits, cfg.quant.group_size), set()).add(name)
-    assert groups == wanted
+        wanted.setdefault((cfg.quant.bits, cfg.quant.group_size, True), set()).add(name)
+    return wanted
 
-    model = plain_load(tmp_path / "out")
+
+def assert_loads_bit_for_bit(session: ModelSession, config: CompressionConfig, ids: torch.Tensor, out: Path,
+                             expected: dict[str, torch.Tensor]) -> None:
+    model = plain_load(out)
     with torch.no_grad():
         loaded_logits = model(input_ids=ids).logits  # the first forward decompresses the packed layers
     for name, weight in expected.items():
         assert torch.equal(model.get_submodule(name).weight, weight), name
     assert torch.allclose(loaded_logits, applied_logits(session, config, ids), atol=1e-5)
+
+
+def file_keys(out: Path) -> list[str]:
+    with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
+        return list(fh.keys())
+
+
+def test_the_vocabularies_agree() -> None:
+    assert tuple(DTYPES) == apply_command.DTYPES
+
+
+@pytest.mark.parametrize("kind", ["int4", "mixed", "gptq-int4", "gptq-mixed"])
+def test_quantised_export_loads_with_plain_transformers_bit_for_bit(session: ModelSession, ids: torch.Tensor,
+                                                                     tmp_path: Path, kind: str) -> None:
+    config = config_for(session, kind)
+    expected = applied_weights(session, config)
+    if kind.startswith("gptq"):  # the reconstruction, not round-to-nearest, is what gets written
+        for name, cfg in config.layers.items():
+            assert cfg.quant is not None
+            assert not torch.equal(expected[name], fake_quant(session.dense_weight(name), cfg.quant.bits,
+                                                              cfg.quant.group_size)), name
+    result = export_compressed(session, config, tmp_path / "out", export_format="compressed-tensors")
+
+    groups = config_groups(tmp_path / "out")
+    assert groups == wanted_groups(config)
+    if kind == "gptq-mixed":
+        assert {bits for bits, _, _ in groups} == {3, 4, 8} and {size for _, size, _ in groups} == {64, 128}
+    assert not any(key.endswith("zero_point") for key in file_keys(tmp_path / "out"))  # symmetric: none stored
+
+    assert_loads_bit_for_bit(session, config, ids, tmp_path / "out", expected)
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert manifest["format"] == "compressed-tensors"
     assert {entry["storage"] for entry in manifest["layers"].values()} == {"packed"}
     assert result.file_bytes == (tmp_path / "out" / "model.safetensors").stat().st_size
+
+
+def test_an_asymmetric_grid_is_refused_by_name_or_merged(session: ModelSession, ids: torch.Tensor, tmp_path: Path,
+                                                         asymmetric_method: str) -> None:
+    up, down = f"{L0}.mlp.up_proj", f"{L0}.mlp.down_proj"
+    minmax = QuantSpec(4, 16, method=asymmetric_method)
+    config = CompressionConfig("tiny-llama", {up: LayerConfig(quant=minmax),
+                                              down: LayerConfig(quant=QuantSpec(3, 64, method="gptq"))})
+    assert bool((MIN_MAX.grid(session, up, session.dense_weight(up), minmax).zeros != 8).any())  # its own zero points
+    with pytest.raises(ExportError, match=rf"layer {up} is quantised by minmax on an asymmetric grid.*--merge"):
+        export_compressed(session, config, tmp_path / "out", export_format="compressed-tensors")
+
+    expected = applied_weights(session, config)
+    export_compressed(session, config, tmp_path / "merged", export_format="compressed-tensors", merge=True)
+    layers = json.loads((tmp_path / "merged" / MANIFEST_NAME).read_text())["layers"]
+    assert (layers[up]["storage"], layers[down]["storage"]) == ("dense", "packed")
+    assert config_groups(tmp_path / "merged") == {(3, 64, True): {down}}
+    assert_loads_bit_for_bit(session, config, ids, tmp_path / "merged", expected)
 
 
 def test_packed_layers_are_smaller_on_disk_than_float_layers(session: ModelSession, tmp_path: Path) -> None:

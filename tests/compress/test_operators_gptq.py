@@ -12,7 +12,7 @@ from compress.budget import check_operators, layer_config, layer_quant
 from compress.catalog import load_model
 from compress.config import CompressionConfig, LayerConfig, QuantSpec, SparsitySpec
 from compress.operators.base import output_error
-from compress.operators.gptq import DAMPENING, setting_key
+from compress.operators.gptq import DAMPENING, HANDLER, setting_key
 from compress.ops import default_group_size, fake_quant, gptq
 from compress.session import ModelSession
 
@@ -48,6 +48,13 @@ def test_applied_weights_are_the_pure_op_on_the_dense_gram_and_on_the_grid(sessi
             assert torch.allclose(codes, codes.round(), atol=1e-4)
             assert codes.round().abs().max() <= 2 ** (bits - 1) - 1
             assert not torch.equal(weight, session.dense_weight(layer.name))
+            # what an export writes: the op's own codes, scales and (fixed) zero points
+            stored = HANDLER.grid(session, layer.name, session.dense_weight(layer.name),
+                                  QuantSpec(bits, group, method="gptq"))
+            assert stored.symmetric and HANDLER.symmetric
+            for part in ("codes", "scales", "zeros"):
+                assert torch.equal(getattr(stored, part), getattr(expected.quantized, part)), part
+            assert torch.equal(stored.dequantize(), weight)
     assert all(torch.equal(m.weight, session.dense_weight(n)) for n, m in session.modules.items())
 
 

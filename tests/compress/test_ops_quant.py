@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from compress.ops import fake_quant, nm_mask, quant_error, sdq
+from compress.ops import fake_quant, nm_mask, quant_error, rtn_grid, sdq
 
 
 def _reference(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -29,6 +29,20 @@ def test_matches_reference_including_short_last_group(bits: int, group_size: int
     q = fake_quant(weight, bits, group_size)
     assert q.dtype == torch.float32 and q.shape == weight.shape
     torch.testing.assert_close(q, _reference(weight, bits, group_size), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_the_stored_grid_dequantizes_to_fake_quant_around_a_fixed_zero_point(bits: int) -> None:
+    torch.manual_seed(bits)
+    weight = torch.randn(6, 96)
+    weight[0, :32] = 0.0  # an all-zero group
+    grid = rtn_grid(weight, bits, 32)
+    assert grid.symmetric and grid.codes.dtype == torch.uint8 and grid.scales.shape == (6, 3)
+    assert bool((grid.zeros == 2 ** (bits - 1)).all())
+    assert int(grid.codes.min()) >= 1 and int(grid.codes.max()) <= 2**bits - 1  # codes -q..q around the midpoint
+    assert torch.equal(grid.dequantize(), fake_quant(weight, bits, 32))
+    with pytest.raises(ValueError, match="whole groups"):
+        rtn_grid(weight, bits, 64)
 
 
 def test_each_group_uses_at_most_2_pow_bits_minus_1_levels() -> None:

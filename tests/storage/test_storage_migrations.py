@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from storage import VERSION_TABLE, Base, get_engine, init_db, normalize_url
 from storage.db import alembic_config
 
-OUR_TABLES = {"slimscout_studies", "slimscout_artifacts", VERSION_TABLE}
+OUR_TABLES = {"slimscout_studies", "slimscout_artifacts", "slimscout_study_groups", VERSION_TABLE}
 
 
 def _head(url: str) -> str:
