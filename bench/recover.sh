@@ -3,7 +3,7 @@
 # `slimscout recover`, same settings for every config. Configs run one after another (2 shared cores).
 # Usage: bash bench/recover.sh NAME=CONFIG ...   (writes bench/results/recover/NAME.*)
 # Env: MODEL (smollm2-135m), STEPS (default 120), TOKENS (per step, 512), EVAL_EVERY (20), EVAL_TOKENS (1024),
-#      LR (1e-4), SCHEDULE (cosine), WARMUP (0), BF16=1 for --bf16, PY (default /work/main/.venv/bin/python),
+#      LR (5e-4), SCHEDULE (cosine), WARMUP (10), BF16=1 for --bf16, MAX_MINUTES (none), PY (default /work/main/.venv/bin/python),
 #      OUT (bench/results/recover), KEEP_MODELS=1 to keep the exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,12 +23,13 @@ for pair in "$@"; do
     S evaluate --model "$MODEL" --config "$config" --split holdout --tokens 2048 --json \
       > "$OUT/$name.before-holdout.json" 2>>"$log"
   start=$(date +%s)
-  bf16=(); [ "${BF16:-0}" = 1 ] && bf16=(--bf16)
+  extra=(); [ "${BF16:-0}" = 1 ] && extra=(--bf16)
+  [ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
   resume=(); [ -f "$MODELS/$name.recover-checkpoint/checkpoint.pt" ] && resume=(--resume)
   S recover --model "$MODEL" --config "$config" --out "$MODELS/$name" --steps "$STEPS" --force --json \
     --tokens "${TOKENS:-512}" --eval-every "${EVAL_EVERY:-20}" --eval-tokens "${EVAL_TOKENS:-1024}" \
-    --lr "${LR:-1e-4}" --schedule "${SCHEDULE:-cosine}" --warmup "${WARMUP:-0}" \
-    "${resume[@]}" "${bf16[@]}" > "$OUT/$name.recover.json" 2>>"$log"
+    --lr "${LR:-5e-4}" --schedule "${SCHEDULE:-cosine}" --warmup "${WARMUP:-10}" \
+    "${resume[@]}" "${extra[@]}" > "$OUT/$name.recover.json" 2>>"$log"
   echo "[$(date -u +%FT%TZ)] $name: recovered in $(( $(date +%s) - start )) s wall; loadavg $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
   S evaluate --model "$MODELS/$name" --split holdout --tokens 2048 --json > "$OUT/$name.after-holdout.json" 2>>"$log"
   S evaluate --model "$MODELS/$name" --split search --tokens 2048 --json > "$OUT/$name.after-search.json" 2>>"$log"
