@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def main() -> None:
     holdout_ids = token_stream("lee-news", "holdout", session.loaded.tokenizer).ids[: args.holdout_tokens]
     layers = [layer for layer in session.layers if int(layer.name.split(".")[2]) % args.every == 0]
     holdout = collect_stats(session.model, session.layers, holdout_ids)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for layer in layers:
         w = session.dense_weight(layer.name).double()
         g_cal, g_hold = calib.gram(layer.name).double(), holdout.gram(layer.name).double()
