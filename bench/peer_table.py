@@ -20,13 +20,15 @@ def _keep_of(record: dict[str, Any]) -> float:
 
 def rows(results: Path) -> list[str]:
     records = [
-        json.loads(path.read_text()) | {"_docs": path.stem.endswith("-docs60")}
+        json.loads(path.read_text()) | {"_docs": "-docs60" in path.stem,
+                                        "_on": path.stem.partition("-on-")[2] or "lee-news"}
         for path in sorted(results.glob("*.json"))
     ]
-    records.sort(key=lambda r: (-_keep_of(r), "peer" not in r, r.get("method") or r.get("slimscout", "")))
+    records.sort(key=lambda r: (r["_on"], -_keep_of(r), "peer" not in r, r.get("method") or r.get("slimscout", "")))
     lines = [
-        "| keep | tool | method | calibration | holdout ppl | search ppl | sparsity (projections) | oneshot s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| keep | tool | method | calibration | evaluated on | holdout ppl | search ppl | sparsity (projections) "
+        "| oneshot s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "peer" in r:
@@ -43,7 +45,7 @@ def rows(results: Path) -> list[str]:
             calibration = "4096 tok" if r.get("baseline_args") else "-"
             sparsity = f"{1 - r['holdout']['keep_ratio']:.4f}"
         lines.append(
-            f"| {_keep_of(r):.1f} | {tool} | {method} | {calibration} | {r['holdout']['ppl']:.2f} "
+            f"| {_keep_of(r):.1f} | {tool} | {method} | {calibration} | {r['_on']} | {r['holdout']['ppl']:.2f} "
             f"| {r['search']['ppl']:.2f} | {sparsity} | {wall} |"
         )
     return lines
