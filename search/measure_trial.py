@@ -21,6 +21,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from common.settings import get_settings
 from compress.config import CompressionConfig, config_from_dict
 from compress.measure import Evaluator
 from search.context import Workbench
@@ -146,7 +147,8 @@ def measure_recovered(spec: StudySpec, bench: Workbench, config: CompressionConf
     from compress.recover import RecoverSettings, distil
 
     started = time.perf_counter()
-    settings = RecoverSettings(steps=spec.recover_trial_steps, dataset=spec.dataset, seed=spec.seed)
+    settings = RecoverSettings(steps=spec.recover_trial_steps, dataset=spec.dataset, seed=spec.seed,
+                               bf16=get_settings().recover_bf16)
     student = distil(bench.session(spec.model_id), config, settings)
     metrics = evaluator.evaluate(student)
     plain = RECOVERED_OBJECTIVES[spec.objective]

@@ -49,6 +49,7 @@ def test_a_study_recovers_its_winner_and_a_killed_recovery_resumes(client: TestC
     from compress.session import ModelSession
 
     monkeypatch.setenv("SLIMSCOUT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMSCOUT_RECOVER_BF16", "1")  # the worker's setting reaches the recovery
     get_settings.cache_clear()
     created = client.post("/v1/studies", json=BODY).json()
     sid = created["id"]
@@ -85,6 +86,7 @@ def test_a_study_recovers_its_winner_and_a_killed_recovery_resumes(client: TestC
     recovery = detail["summary"]["recovery"]
     assert recovery["status"] == "done"
     assert recovery["resumed_from"] == 2 and recovery["steps_run"] == 4  # the dead worker's steps were kept
+    assert recovery["bf16"] is True
     assert recovery["holdout_before"]["ppl"] == detail["holdout"]["best"]["ppl"]
     after = recovery["holdout_after"]
     assert after["kl"] != recovery["holdout_before"]["kl"]
