@@ -31,6 +31,17 @@ MIN_PAIRS = 8
 ConfigLayers = Mapping[str, LayerConfig]
 
 
+def damage_builder(session: ModelSession, budget: float, operators: Sequence[str], *,
+                   dataset: str = "lee-news", tokens: int = LAYER_SCAN_TOKENS) -> FeatureBuilder:
+    """The ranker's feature builder for ``session`` (building it tabulates the Gram errors: build it
+    once per model and make a fresh ``ConfigRanker`` on it per ranking)."""
+    proxy = LayerProxy(session)
+    curves = cached_layer_scan(session, budget, operators, tokens=tokens, dataset=dataset)
+    solo = LayerDamage(session.layers, curves) if curves is not None else None
+    damage = DamageFeatures(session.layers, gram=GramCurves(session, proxy), solo=solo, operator=operators[0])
+    return FeatureBuilder(session.layers, proxy, damage=damage)
+
+
 class ConfigRanker:
     """Scores configs (lower is better) from damage features and the measurements seen so far."""
 
@@ -51,11 +62,7 @@ class ConfigRanker:
     def for_session(cls, session: ModelSession, budget: float, operators: Sequence[str], *,
                     dataset: str = "lee-news", tokens: int = LAYER_SCAN_TOKENS, **kwargs: int) -> ConfigRanker:
         """Features from the session's caches: Gram errors always, solo KLs if the per-layer scan was run."""
-        proxy = LayerProxy(session)
-        curves = cached_layer_scan(session, budget, operators, tokens=tokens, dataset=dataset)
-        solo = LayerDamage(session.layers, curves) if curves is not None else None
-        damage = DamageFeatures(session.layers, gram=GramCurves(session, proxy), solo=solo, operator=operators[0])
-        return cls(FeatureBuilder(session.layers, proxy, damage=damage), **kwargs)
+        return cls(damage_builder(session, budget, operators, dataset=dataset, tokens=tokens), **kwargs)
 
     def observe(self, configs: Sequence[ConfigLayers], values: Sequence[float]) -> None:
         """Record measured objectives (KL or perplexity; positive) of ``configs``."""

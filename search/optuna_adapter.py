@@ -37,12 +37,15 @@ from storage.db import normalize_url, session_scope
 log = logging.getLogger(__name__)
 
 #: Study user attributes slimscout writes: the spec (search.spec.StudySpec as JSON), the summary
-#: workers publish, whether the baselines are enqueued, and the setup's progress record
-#: (``common.progress.ThrottledRecord``: its step, counts, seconds, whether it finished).
+#: workers publish, whether the baselines are enqueued, the setup's progress record
+#: (``common.progress.ThrottledRecord``: its step, counts, seconds, whether it finished), what screening saved.
 SPEC_ATTR = "slimscout"
 SUMMARY_ATTR = "summary"
 SETUP_ATTR = "setup_done"
 SETUP_PROGRESS_ATTR = "setup_progress"
+#: What a screening strategy (evolve) left unmeasured: per generation, candidates drawn and screened out,
+#: and the forward tokens that saved at the cheapest fidelity (the summary's ``screening``).
+SCREENING_ATTR = "screening"
 #: Trial user attribute: created past ``n_trials`` by a race and failed unmeasured; never part of the search.
 SURPLUS_ATTR = "surplus"
 #: Two processes creating Optuna's tables at once: one loses ("already exists"), then sees them.

@@ -13,7 +13,7 @@ from compress.baselines import BaselineResult, build_baseline
 from compress.budget import LOWRANK_OPERATORS, SPARSITY_OPERATORS, check_operators
 from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
-from search.optuna_adapter import SETUP_ATTR, SETUP_PROGRESS_ATTR
+from search.optuna_adapter import SCREENING_ATTR, SETUP_ATTR, SETUP_PROGRESS_ATTR
 from search.spec import StudySpec
 from search.study import best_trial, measured
 from search.trial_digest import digest
@@ -100,6 +100,7 @@ def summarize(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "sensitivity_tokens": scan.get("evaluations", 0) * scan.get("tokens", 0),
         "predictor": attrs.get("predictor"),
         "setup": attrs.get(SETUP_PROGRESS_ATTR),
+        "screening": attrs.get(SCREENING_ATTR),
     }
 
 

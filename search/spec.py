@@ -49,6 +49,7 @@ RECOVERED_OBJECTIVES: dict[str, str] = {"kl-recovered": "kl"}
 #: ``hf:NAME[/SUB][:CONFIG]``; no component may be only dots (``hf:a/..`` names no data set).
 HUB_DATASET = re.compile(r"^hf:(?!\.+(?:[/:]|$))[A-Za-z0-9][\w.\-]*(/(?!\.+(?:[:]|$))[\w.\-]+)?(:(?!\.+$)[\w.\-]+)?$")
 MAX_SEED = 2**31 - 1
+MAX_SCREEN_FACTOR = 64
 
 if TYPE_CHECKING:
     Operator = str
@@ -110,6 +111,10 @@ class StudySpec(BaseModel):
         "guided only: start the accuracy predictor from earlier studies in the same storage with the same "
         "model, dataset, split, eval_tokens and objective. Off by default, so that a spec and its seed "
         "decide the trials: with it on, the same spec runs differently on a storage with history."))] = False
+    screen_factor: Annotated[int, Field(ge=1, le=MAX_SCREEN_FACTOR, description=(
+        "evolve only: draw this many times a generation's offspring and measure only the ones the damage "
+        "predictor (predictor.rank.ConfigRanker, fitted on the study's cheapest-fidelity measurements) ranks "
+        "best; until it has enough measurements, the first ones drawn. 1: measure every offspring drawn"))] = 4
     export_format: Annotated[ExportFormat | None, Field(description=(
         "write the winner's checkpoint in this layout when the study completes (downloaded from "
         "/v1/studies/{id}/checkpoint); compressed-tensors stores what it cannot pack (low rank, SDQ "

@@ -21,18 +21,38 @@ in ``fidelity_tokens``, its stage in ``stage``), so workers, dashboard and the r
 any other strategy. A lower-fidelity trial ends PRUNED (``search.measure_trial``), so the study's
 best — the digest's, the holdout's — is always a full-fidelity trial.
 
-The state is read back from the study's trials on every call (nothing lives in the worker), and
-every random draw is seeded by (seed, generation): the same spec measures the same trials. A stage
-is a barrier: while any trial is still out, the proposer waits for it (another worker's result
-decides what comes next).
+Screening (``spec.screen_factor``; 1 turns it off): a generation draws ``screen_factor × offspring``
+distinct mutants, each budget-exact, and measures only the ``offspring`` that the damage predictor
+(``predictor.rank.ConfigRanker``: the log additive damage estimate plus XGBoost on the residual)
+ranks best. The ranker is fitted afresh for every generation on each distinct config the study
+measured, scored on the cheapest fidelity's tokens (every trial's first reports cover them, so the
+seeds and the re-measured survivors count too). Until there are ``min_pairs`` such configs the first
+``offspring`` drawn are measured, exactly those ``screen_factor`` 1 measures (one random stream).
+The study attribute ``screening`` (``SCREENING_ATTR``; the summary's ``screening``) counts, per
+generation, the candidates screened out and the cheapest-fidelity forward tokens that saved; each
+screened trial keeps its ``screen_score`` (ConfigRanker's: the predicted log objective there).
+
+The ranker's features need the model (calibration Grams, per-layer damage): the proposer is called
+with the worker's ``Workbench``, which holds the session, so ``SessionRankers`` builds the features
+from ``bench.session`` once per process and a fresh ranker per generation; tests pass their own
+``rankers``. Its features include the per-layer solo KLs only where ``baseline --method additive``
+left that scan in the model's cache: the same spec screens alike on machines with the same cache.
+
+The state is read back from the study's trials on every call (nothing lives in the worker but the
+features' caches), and every random draw is seeded by (seed, generation): the same spec measures the
+same trials. A stage is a barrier: while any trial is still out, the proposer waits for it (another
+worker's result decides what comes next).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -41,11 +61,14 @@ from optuna.trial import FrozenTrial, TrialState
 from common.errors import ConfigError
 from compress.baselines import uniform
 from compress.budget import MIN_KEEP, SPARSITY_OPERATORS, Allocation
-from compress.config import CompressionConfig, config_from_dict
+from compress.config import CompressionConfig, LayerConfig, QuantSpec, config_from_dict
 from compress.layers import LinearLayer
 from compress.leveldb import KeepGrid
+from predictor.features import FeatureBuilder
+from predictor.rank import ConfigLayers, ConfigRanker, damage_builder
 from search.context import Workbench
 from search.measure_trial import FIDELITY_ATTR, fidelity_chunks
+from search.optuna_adapter import SCREENING_ATTR
 from search.space import SearchSpace, enqueue_exact
 from search.spec import StudySpec
 from search.strategies.tpe import tpe_sampler
@@ -56,6 +79,7 @@ SOURCE = "evolve"
 PARENT_SOURCE = "evolve:parent"  # the uniform allocation, when the study has no baseline to start from
 GENERATION_ATTR = "generation"
 STAGE_ATTR = "stage"
+SCORE_ATTR = "screen_score"
 STUDY_ATTR = "evolve"  # the study's user attribute: where the evolution stands (for the dashboard)
 FIDELITY_RATIO = 4
 MAX_STAGES = 3
@@ -84,6 +108,7 @@ class LevelSpace:
     step: int
     rows: np.ndarray = field(repr=False)
     cols: np.ndarray = field(repr=False)
+    quant: QuantSpec | None = None
 
     @classmethod
     def of(cls, space: SearchSpace, levels: int) -> LevelSpace:
@@ -93,7 +118,7 @@ class LevelSpace:
         layers = list(space.layers)
         step = KeepGrid(space.budget, levels).resolved_step(layers)
         return cls(layers, space.param_ops[0], step, np.array([layer.out_features for layer in layers]),
-                   np.array([layer.in_features for layer in layers]))
+                   np.array([layer.in_features for layer in layers]), space.quant)
 
     @property
     def per_row(self) -> np.ndarray:
@@ -135,6 +160,38 @@ class LevelSpace:
                           {layer.name: self.operator for layer in self.layers},
                           self.kept(pruned), int((self.rows * self.cols).sum()), 0.0)
 
+    def layer_configs(self, pruned: np.ndarray) -> dict[str, LayerConfig]:
+        """The per-layer settings of the config ``pruned`` is measured as (``search.space.to_config``'s)."""
+        return self.allocation(pruned).layer_configs(self.layers, self.quant)
+
+
+class Ranker(Protocol):
+    """What screening needs of a ranker (``predictor.rank.ConfigRanker``): lower scores are better."""
+
+    min_pairs: int
+
+    def observe(self, configs: Sequence[ConfigLayers], values: Sequence[float]) -> None: ...
+
+    def rank(self, configs: Sequence[ConfigLayers]) -> np.ndarray: ...
+
+
+#: ``rankers(spec, bench)``: an unfitted ranker for the study's model.
+RankerFactory = Callable[[StudySpec, Workbench], Ranker]
+
+
+@dataclass
+class SessionRankers:
+    """A fresh ``ConfigRanker`` per call, on the damage features of the study's model (built once per process)."""
+
+    _builders: dict[tuple[Any, ...], FeatureBuilder] = field(default_factory=dict)
+
+    def __call__(self, spec: StudySpec, bench: Workbench) -> ConfigRanker:
+        key = (spec.model_id, spec.budget_ratio, tuple(spec.operators), spec.dataset)
+        if key not in self._builders:
+            self._builders[key] = damage_builder(bench.session(spec.model_id), spec.budget_ratio, spec.operators,
+                                                 dataset=spec.dataset)
+        return ConfigRanker(self._builders[key], seed=spec.seed)
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -144,12 +201,43 @@ class Batch:
     stage: int
     configs: list[np.ndarray]
     parent: FrozenTrial
+    drawn: int = 0  # screened: how many candidates ``configs`` are the best of (0: not screened)
+    scores: list[float] = field(default_factory=list)  # screened: the ranker's score of each config
+
+    @property
+    def screened_out(self) -> int:
+        return self.drawn - len(self.configs) if self.drawn else 0
 
 
 def _score_at(trial: FrozenTrial, tokens: int, seq_len: int) -> float:
     """The trial's objective on the first ``tokens`` evaluation tokens (its report after that chunk)."""
     value = trial.intermediate_values.get(fidelity_chunks(tokens, seq_len) - 1)
     return float("inf") if value is None else float(value)
+
+
+def measured_pairs(live: list[FrozenTrial], tokens: int, seq_len: int) -> tuple[list[ConfigLayers], list[float]]:
+    """Each distinct config the study measured on at least the first ``tokens`` tokens, and its score there."""
+    found: dict[str, tuple[ConfigLayers, float]] = {}
+    for trial in sorted(live, key=lambda t: t.number):
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or "config" not in trial.user_attrs:
+            continue
+        value = _score_at(trial, tokens, seq_len)
+        key = json.dumps(trial.user_attrs["config"]["layers"], sort_keys=True)
+        if math.isfinite(value) and value > 0 and key not in found:
+            found[key] = (config_from_dict(trial.user_attrs["config"]).layers, value)
+    return [layers for layers, _ in found.values()], [value for _, value in found.values()]
+
+
+def record_screening(study: optuna.Study, batch: Batch, fidelity_tokens: int) -> None:
+    """Count ``batch``'s screened-out candidates into the study's ``screening`` (idempotent per generation)."""
+    previous = study.user_attrs.get(SCREENING_ATTR) or {}
+    generations = dict(previous.get("generations", {}))
+    generations[str(batch.generation)] = {"drawn": batch.drawn, "queued": len(batch.configs),
+                                          "screened_out": batch.screened_out}
+    screened_out = sum(int(g["screened_out"]) for g in generations.values())
+    study.set_user_attr(SCREENING_ATTR, {
+        "screened_out": screened_out, "fidelity_tokens": fidelity_tokens,
+        "saved_tokens": screened_out * fidelity_tokens, "generations": generations})
 
 
 @dataclass
@@ -160,6 +248,7 @@ class Evolution:
     levels: int = 4
     wait_s: float = 600.0
     poll_s: float = 1.0
+    rankers: RankerFactory = field(default_factory=SessionRankers)
 
     def __call__(self, study: optuna.Study, spec: StudySpec, bench: Workbench, now: Counts) -> int:
         deadline = time.monotonic() + self.wait_s
@@ -188,21 +277,28 @@ class Evolution:
             enqueue_exact(study, space, start, {"source": PARENT_SOURCE})
             return 1
         parent = min(starts, key=lambda t: (float(t.value), t.number))  # type: ignore[arg-type]
-        batch = self.next_batch(live, parent, levels, spec, seq_len)
+        ranker = self.rankers(spec, bench) if spec.screen_factor > 1 else None
+        batch = self.next_batch(live, parent, levels, spec, seq_len, ranker)
         stages = fidelities(spec.eval_tokens, seq_len)
-        for pruned in batch.configs[:open_slots]:
+        for i, pruned in enumerate(batch.configs[:open_slots]):
             enqueue_exact(study, space, levels.allocation(pruned), {
                 "source": SOURCE, GENERATION_ATTR: batch.generation, STAGE_ATTR: batch.stage,
-                FIDELITY_ATTR: stages[batch.stage], "parent": batch.parent.number})
+                FIDELITY_ATTR: stages[batch.stage], "parent": batch.parent.number,
+                **({SCORE_ATTR: batch.scores[i]} if batch.drawn else {})})
+        if batch.drawn:
+            record_screening(study, batch, stages[0])
         study.set_user_attr(STUDY_ATTR, {
             "generation": batch.generation, "stage": batch.stage, "parent": batch.parent.number,
-            "parent_value": batch.parent.value, "fidelities": stages,
+            "parent_value": batch.parent.value, "fidelities": stages, "screen_factor": spec.screen_factor,
             "survivors": survivors(self.offspring, len(stages)), "step_weights": levels.step})
         return min(len(batch.configs), open_slots)
 
     def next_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: LevelSpace, spec: StudySpec,
-                   seq_len: int) -> Batch:
-        """Replay the generations measured so far from ``parent`` on; the stage to measure next."""
+                   seq_len: int, ranker: Ranker | None = None) -> Batch:
+        """Replay the generations measured so far from ``parent`` on; the stage to measure next.
+
+        ``ranker``: screens a new generation's offspring (None: measure the first ``offspring`` drawn).
+        """
         stages = fidelities(spec.eval_tokens, seq_len)
         keep = survivors(self.offspring, len(stages))
         by_stage: dict[tuple[int, int], list[FrozenTrial]] = {}
@@ -215,7 +311,7 @@ class Evolution:
         generation = 0
         while True:
             if (generation, 0) not in by_stage:
-                return Batch(generation, 0, self.offspring_of(parent, levels, spec.seed, generation, seen), parent)
+                return self.offspring_batch(live, parent, levels, spec, seq_len, generation, seen, ranker)
             finals: list[FrozenTrial] = []
             for stage in range(len(stages)):
                 measured = by_stage.get((generation, stage))
@@ -239,18 +335,35 @@ class Evolution:
         scored = sorted((_score_at(t, tokens, seq_len), t.number, t) for t in trials)
         return [t for score, _, t in scored if score < bar]
 
+    def offspring_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: LevelSpace, spec: StudySpec,
+                        seq_len: int, generation: int, seen: set[bytes], ranker: Ranker | None) -> Batch:
+        """Stage 0 of ``generation``: the ranker's best ``offspring`` of ``screen_factor`` times as many
+        candidates once it has ``min_pairs`` measured configs to learn from; else the first drawn."""
+        drawn = self.offspring_of(parent, levels, spec.seed, generation, seen, self.offspring * spec.screen_factor)
+        if ranker is None or len(drawn) <= self.offspring:
+            return Batch(generation, 0, drawn[: self.offspring], parent)
+        configs, values = measured_pairs(live, fidelities(spec.eval_tokens, seq_len)[0], seq_len)
+        if len(values) < ranker.min_pairs:
+            return Batch(generation, 0, drawn[: self.offspring], parent)
+        ranker.observe(configs, values)
+        scores = np.asarray(ranker.rank([levels.layer_configs(child) for child in drawn]), dtype=np.float64)
+        best = np.argsort(scores, kind="stable")[: self.offspring]  # ties: the earlier drawn
+        return Batch(generation, 0, [drawn[i] for i in best], parent, len(drawn), [float(scores[i]) for i in best])
+
     def offspring_of(self, parent: FrozenTrial, levels: LevelSpace, seed: int, generation: int,
-                     seen: set[bytes]) -> list[np.ndarray]:
-        """``offspring`` distinct mutants of ``parent`` never measured before, drawn from (seed, generation)."""
+                     seen: set[bytes], count: int | None = None) -> list[np.ndarray]:
+        """``count`` (default ``offspring``) distinct mutants of ``parent`` never measured before, drawn from
+        (seed, generation); a larger ``count`` draws the same first ``offspring``, then more."""
+        count = self.offspring if count is None else count
         rng = np.random.default_rng([seed, generation])
         base = levels.read(config_from_dict(parent.user_attrs["config"]))
         out: list[np.ndarray] = []
-        for _ in range(50 * self.offspring):
+        for _ in range(50 * count):
             child = levels.mutate(base, rng)
             if child.tobytes() not in seen:
                 seen.add(child.tobytes())
                 out.append(child)
-                if len(out) == self.offspring:
+                if len(out) == count:
                     break
         return out
 

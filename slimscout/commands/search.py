@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--no-prune", action="store_true", help="measure every candidate on all tokens")
     parser.add_argument("--warm-start", action="store_true",
                         help="guided: start from a predictor trained on earlier studies of this model in the storage")
+    parser.add_argument("--screen-factor", type=positive_int, default=DEFAULTS["screen_factor"],
+                        help=StudySpec.model_fields["screen_factor"].description)
     parser.add_argument("--dataset", default=DEFAULTS["dataset"])
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--recover-steps", type=positive_int, default=DEFAULTS["recover_steps"],
@@ -91,6 +93,7 @@ def spec_of(args: argparse.Namespace) -> StudySpec | BudgetGroup:
         holdout_tokens=args.holdout_tokens,
         prune=not args.no_prune,
         warm_start=args.warm_start,
+        screen_factor=args.screen_factor,
         recover_steps=args.recover_steps,
         recover_trial_steps=args.recover_trial_steps,
     )

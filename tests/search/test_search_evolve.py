@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +13,23 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from common.errors import ConfigError
 from compress.baselines import uniform
+from compress.config import LayerConfig, config_from_dict
+from predictor.rank import ConfigRanker
 from search.context import Workbench
 from search.measure_trial import FIDELITY_ATTR
 from search.runner import run_search
 from search.space import to_config
 from search.spec import StudySpec
-from search.strategies.evolve import PARENT_SOURCE, SOURCE, Evolution, LevelSpace, fidelities, survivors
+from search.strategies.evolve import (
+    PARENT_SOURCE,
+    SCORE_ATTR,
+    SOURCE,
+    Evolution,
+    LevelSpace,
+    SessionRankers,
+    fidelities,
+    survivors,
+)
 from search.study import best_trial, load_study
 
 SPEC = dict(model_id="tiny-llama", budget=0.5, operators=["wanda"], eval_tokens=1024, holdout_tokens=128,
@@ -37,7 +51,7 @@ def test_level_swaps_keep_the_kept_weights_exactly() -> None:
     spec = StudySpec(**SPEC)  # type: ignore[arg-type]
     space = bench.space(spec)
     levels = LevelSpace.of(space, levels=4)
-    start = levels.read(uniform(bench.session(spec.model_id), spec.budget, spec.operators).config)
+    start = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
     rng = np.random.default_rng(0)
     moved = []
     for _ in range(200):
@@ -59,14 +73,20 @@ def test_low_rank_is_refused() -> None:
         LevelSpace.of(space, levels=4)
 
 
-def _run(tmp_path: Path, name: str, **overrides: object) -> list[FrozenTrial]:
+def _study(tmp_path: Path, name: str, bench: Workbench | None = None,
+           **overrides: object) -> tuple[list[FrozenTrial], dict[str, object]]:
+    """Run a study; its trials and its summary."""
     url = f"sqlite:///{tmp_path / (name + '.db')}"
     spec = StudySpec(**SPEC | overrides)  # type: ignore[arg-type]
-    run_search(spec, storage_url=url, study_name=name, bench=Workbench())
+    summary = run_search(spec, storage_url=url, study_name=name, bench=bench or Workbench())
     study, _ = load_study(url, name)
     best = best_trial(study)
     assert best is not None and best.user_attrs["n_tokens"] == max(t.user_attrs["n_tokens"] for t in study.get_trials())
-    return study.get_trials()
+    return study.get_trials(), summary
+
+
+def _run(tmp_path: Path, name: str, **overrides: object) -> list[FrozenTrial]:
+    return _study(tmp_path, name, None, **overrides)[0]
 
 
 @pytest.mark.slow
@@ -114,7 +134,7 @@ def test_offspring_go_on_only_ahead_of_the_parent_and_the_best_becomes_the_next_
     spec = StudySpec(**SPEC | {"n_trials": 100})  # type: ignore[arg-type]
     space = bench.space(spec)
     levels = LevelSpace.of(space, levels=4)
-    start = levels.read(uniform(bench.session(spec.model_id), spec.budget, spec.operators).config)
+    start = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
     parent = _trial(0, start, levels, space, [1.0, 2.0], TrialState.COMPLETE, source="baseline:uniform")
     evolution = Evolution(offspring=4)
 
@@ -143,3 +163,104 @@ def test_offspring_go_on_only_ahead_of_the_parent_and_the_best_becomes_the_next_
     behind = stage0([1.2, 1.0, 1.3, 1.1])
     fourth = evolution.next_batch([parent, *behind], parent, levels, spec, seq_len=512)
     assert (fourth.generation, fourth.stage, fourth.parent.number) == (1, 0, 0)
+
+
+def _stage(trials: list[FrozenTrial], generation: int, stage: int) -> list[FrozenTrial]:
+    return [t for t in trials if t.user_attrs.get("source") == SOURCE
+            and (t.user_attrs["generation"], t.user_attrs["stage"]) == (generation, stage)]
+
+
+@dataclass
+class StubRanker:
+    """Scores a config by its depth-weighted sparsity (an order unrelated to the draw); keeps what it was fitted on."""
+
+    min_pairs: int = 3
+    observed: list[float] = field(default_factory=list)
+
+    def observe(self, configs: Sequence[Mapping[str, LayerConfig]], values: Sequence[float]) -> None:
+        self.observed += list(values)
+
+    def rank(self, configs: Sequence[Mapping[str, LayerConfig]]) -> np.ndarray:
+        return np.array([sum(i * cfg.sparsity.ratio for i, (_, cfg) in enumerate(sorted(layers.items()))
+                             if cfg.sparsity is not None) for layers in configs])
+
+
+def test_screening_measures_the_rankers_best_of_more_candidates_once_it_can_learn() -> None:
+    bench = Workbench()
+    spec = StudySpec(**SPEC | {"n_trials": 100, "screen_factor": 4})  # type: ignore[arg-type]
+    space = bench.space(spec)
+    levels = LevelSpace.of(space, levels=4)
+    start = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
+    parent = _trial(0, start, levels, space, [1.0, 2.0], TrialState.COMPLETE, source="baseline:uniform")
+    evolution, ranker = Evolution(offspring=4), StubRanker()
+
+    # One measured config (< min_pairs): the first four drawn, as without screening.
+    first = evolution.next_batch([parent], parent, levels, spec, seq_len=512, ranker=ranker)
+    unscreened = evolution.next_batch([parent], parent, levels, spec.model_copy(update={"screen_factor": 1}), 512)
+    assert [c.tobytes() for c in first.configs] == [c.tobytes() for c in unscreened.configs]
+    assert (first.drawn, first.screened_out, ranker.observed) == (0, 0, [])
+
+    # Generation 0 trails the parent on 512 tokens: generation 1 is drawn with 5 measured configs to learn from.
+    cheap = [_trial(1 + i, c, levels, space, [v], TrialState.PRUNED, source=SOURCE, generation=0, stage=0)
+             for i, (c, v) in enumerate(zip(first.configs, [1.2, 1.1, 1.3, 1.4], strict=True))]
+    batch = evolution.next_batch([parent, *cheap], parent, levels, spec, seq_len=512, ranker=ranker)
+    assert (batch.generation, batch.stage, len(batch.configs), batch.drawn, batch.screened_out) == (1, 0, 4, 16, 12)
+    assert ranker.observed == [1.0, 1.2, 1.1, 1.3, 1.4]  # each config's score on the cheapest fidelity
+
+    seen = {levels.read(config_from_dict(t.user_attrs["config"])).tobytes() for t in [parent, *cheap]}
+    drawn = evolution.offspring_of(parent, levels, spec.seed, 1, seen, count=16)
+    scores = ranker.rank([levels.layer_configs(c) for c in drawn])
+    best = [drawn[i].tobytes() for i in np.argsort(scores, kind="stable")[:4]]
+    assert best != [c.tobytes() for c in drawn[:4]]  # screening changes what is measured
+    assert [c.tobytes() for c in batch.configs] == best
+    assert batch.scores == sorted(batch.scores) == pytest.approx(np.sort(scores)[:4].tolist())
+    assert all(levels.kept(c) == levels.kept(start) for c in drawn)
+
+
+@pytest.mark.slow
+def test_a_screened_study_measures_the_config_rankers_best_and_counts_what_it_saved(tmp_path: Path) -> None:
+    bench = Workbench()
+    trials, summary = _study(tmp_path, "screened", bench, n_trials=19, screen_factor=4)
+    again = _run(tmp_path, "again", n_trials=19, screen_factor=4)
+    unscreened = _run(tmp_path, "unscreened", n_trials=9, screen_factor=1)
+
+    assert [t.state for t in trials].count(TrialState.FAIL) == 0
+    assert len({t.user_attrs["params_kept"] for t in trials}) == 1  # budget-exact throughout
+    generation1 = _stage(trials, 1, 0)
+    assert len(_stage(trials, 0, 0)) == len(generation1) == 8  # one queued per measured offspring
+    # Generation 0 had one measured config (< ConfigRanker's 8): drawn as without screening.
+    assert [t.user_attrs["config"]["layers"] for t in _stage(trials, 0, 0)] == [
+        t.user_attrs["config"]["layers"] for t in _stage(unscreened, 0, 0)]
+    assert "screening" not in load_study(f"sqlite:///{tmp_path / 'unscreened.db'}", "unscreened")[0].user_attrs
+    assert summary["screening"] == {"screened_out": 24, "fidelity_tokens": 512, "saved_tokens": 24 * 512,
+                                    "generations": {"1": {"drawn": 32, "queued": 8, "screened_out": 24}}}
+
+    # Generation 1 is ConfigRanker's best 8 of 32, fitted on every config measured before it (first chunk).
+    before = [t for t in trials if t.number < generation1[0].number]
+    pairs: dict[str, FrozenTrial] = {}
+    for trial in before:  # one pair per config, in trial order
+        pairs.setdefault(json.dumps(trial.user_attrs["config"]["layers"], sort_keys=True), trial)
+    spec = StudySpec(**SPEC | {"n_trials": 19})  # type: ignore[arg-type]
+    ranker = ConfigRanker.for_session(bench.session(spec.model_id), spec.budget_ratio, spec.operators)
+    ranker.observe([config_from_dict(t.user_attrs["config"]).layers for t in pairs.values()],
+                   [t.intermediate_values[0] for t in pairs.values()])
+    levels = LevelSpace.of(bench.space(spec), levels=4)
+    parent = trials[generation1[0].user_attrs["parent"]]
+    seen = {levels.read(config_from_dict(t.user_attrs["config"])).tobytes() for t in before}
+    drawn = Evolution().offspring_of(parent, levels, spec.seed, 1, seen, count=32)
+    scores = ranker.rank([levels.layer_configs(c) for c in drawn])
+    measured = [levels.read(config_from_dict(t.user_attrs["config"])).tobytes() for t in generation1]
+    assert measured == [drawn[i].tobytes() for i in np.argsort(scores, kind="stable")[:8]]
+    assert [t.user_attrs[SCORE_ATTR] for t in generation1] == pytest.approx(np.sort(scores)[:8].tolist())
+
+    # The same spec measures the same trials.
+    assert [(t.user_attrs["config"]["layers"], t.user_attrs.get("stage"), t.value) for t in trials] == [
+        (t.user_attrs["config"]["layers"], t.user_attrs.get("stage"), t.value) for t in again]
+
+
+def test_session_rankers_build_the_features_once_and_a_fresh_ranker_each_time() -> None:
+    bench, rankers = Workbench(), SessionRankers()
+    spec = StudySpec(**SPEC)  # type: ignore[arg-type]
+    first, second = rankers(spec, bench), rankers(spec, bench)
+    assert first is not second and first.builder is second.builder
+    assert (first.n_observed, first.min_pairs, first.seed) == (0, 8, spec.seed)

@@ -33,6 +33,8 @@ BASE: dict[str, Any] = {"model_id": "tiny-llama", "budget": 0.5}
     ({"model_id": "tiny-bert", "objective": "cosine", "dataset": "hf:a/.."}, "dataset"),
     ({"dataset": "hf:../etc"}, "dataset"),
     ({"strategy": "evolution"}, "strategy"),
+    ({"screen_factor": 0}, "screen_factor"),
+    ({"screen_factor": 2.0}, "screen_factor"),
     ({"baselines": ["owl", "owl"]}, "baselines"),
     ({"extra": 1}, "extra"),
 ])
