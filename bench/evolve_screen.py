@@ -147,13 +147,14 @@ def report(args: argparse.Namespace) -> None:
     rows = [study_report(db, args.cv) for db in sorted(Path(args.dir).glob("*.db"))]
     (Path(args.dir) / "report.json").write_text(json.dumps(rows, indent=1))
     print("| study | finished | full-eval equivalents | best seed KL | "
-          + " | ".join(f"best KL at {c}" for c in CHECKPOINTS) + " | screened out (tokens saved) |")
+          + " | ".join(f"best KL at {c}" for c in CHECKPOINTS) + " | screened out (tokens saved; ranker s) |")
     print("|---|---|---|---|" + "---|" * len(CHECKPOINTS) + "---|")
     for r in rows:
         screening = r["screening"] or {}
         print(f"| {r['study']} | {r['finished']} | {r['full_evaluations']:.1f} | {fmt(r['best_seed_kl'])} | "
               + " | ".join(fmt(r["best_kl_at"].get(c)) for c in CHECKPOINTS)
-              + f" | {screening.get('screened_out', 0)} ({screening.get('saved_tokens', 0):,}) |")
+              + f" | {screening.get('screened_out', 0)} ({screening.get('saved_tokens', 0):,}; "
+              f"{screening.get('rank_s', 0):.1f}) |")
     print()
     print("| study | offspring, generations 1+ | ahead of parent on 512 tokens | median KL / parent's | "
           "prospective Spearman all / best quarter (n) | CV Spearman all / best quarter (n) |")

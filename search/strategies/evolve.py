@@ -29,7 +29,8 @@ measured, scored on the cheapest fidelity's tokens (every trial's first reports 
 seeds and the re-measured survivors count too). Until there are ``min_pairs`` such configs the first
 ``offspring`` drawn are measured, exactly those ``screen_factor`` 1 measures (one random stream).
 The study attribute ``screening`` (``SCREENING_ATTR``; the summary's ``screening``) counts, per
-generation, the candidates screened out and the cheapest-fidelity forward tokens that saved; each
+generation, the candidates screened out, the cheapest-fidelity forward tokens that saved and the
+seconds the ranker took (its features of the measured configs, its fit, its scores); each
 screened trial keeps its ``screen_score`` (ConfigRanker's: the predicted log objective there).
 
 The ranker's features need the model (calibration Grams, per-layer damage): the proposer is called
@@ -203,6 +204,7 @@ class Batch:
     parent: FrozenTrial
     drawn: int = 0  # screened: how many candidates ``configs`` are the best of (0: not screened)
     scores: list[float] = field(default_factory=list)  # screened: the ranker's score of each config
+    rank_s: float = 0.0  # screened: seconds spent fitting the ranker and scoring the candidates
 
     @property
     def screened_out(self) -> int:
@@ -233,11 +235,12 @@ def record_screening(study: optuna.Study, batch: Batch, fidelity_tokens: int) ->
     previous = study.user_attrs.get(SCREENING_ATTR) or {}
     generations = dict(previous.get("generations", {}))
     generations[str(batch.generation)] = {"drawn": batch.drawn, "queued": len(batch.configs),
-                                          "screened_out": batch.screened_out}
+                                          "screened_out": batch.screened_out, "rank_s": round(batch.rank_s, 3)}
     screened_out = sum(int(g["screened_out"]) for g in generations.values())
     study.set_user_attr(SCREENING_ATTR, {
         "screened_out": screened_out, "fidelity_tokens": fidelity_tokens,
-        "saved_tokens": screened_out * fidelity_tokens, "generations": generations})
+        "saved_tokens": screened_out * fidelity_tokens,
+        "rank_s": round(sum(float(g["rank_s"]) for g in generations.values()), 3), "generations": generations})
 
 
 @dataclass
@@ -345,10 +348,12 @@ class Evolution:
         configs, values = measured_pairs(live, fidelities(spec.eval_tokens, seq_len)[0], seq_len)
         if len(values) < ranker.min_pairs:
             return Batch(generation, 0, drawn[: self.offspring], parent)
+        started = time.perf_counter()
         ranker.observe(configs, values)
         scores = np.asarray(ranker.rank([levels.layer_configs(child) for child in drawn]), dtype=np.float64)
         best = np.argsort(scores, kind="stable")[: self.offspring]  # ties: the earlier drawn
-        return Batch(generation, 0, [drawn[i] for i in best], parent, len(drawn), [float(scores[i]) for i in best])
+        return Batch(generation, 0, [drawn[i] for i in best], parent, len(drawn), [float(scores[i]) for i in best],
+                     time.perf_counter() - started)
 
     def offspring_of(self, parent: FrozenTrial, levels: LevelSpace, seed: int, generation: int,
                      seen: set[bytes], count: int | None = None) -> list[np.ndarray]:
