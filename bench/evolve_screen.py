@@ -5,9 +5,10 @@
     python -m bench.evolve_screen report [--cv]                           # markdown; report.json beside the studies
 
 ``run``: one evolve study on smollm2-135m (Wanda keep 0.4, KL on 1,024 search tokens = two 512-token
-chunks, so offspring are screened and first measured on 512; uniform/OWL/sensitivity seeds; winner and
-seeds re-measured on ``--holdout-tokens`` holdout tokens) into ``bench/results/evolve/NAME.db`` and, when
-it finishes, ``NAME.json``. ``report`` reads every study database there, finished or not:
+chunks, so offspring are screened and first measured on 512; by default the uniform seed only, the
+first parent of both arms; winner and seeds re-measured on ``--holdout-tokens`` holdout tokens) into
+``bench/results/evolve/NAME.db`` and, when it finishes, ``NAME.json``. ``report`` reads every study
+database there, finished or not:
 
 - the best full-fidelity search KL after the first 10, 20, 30, ... finished trials (equal measured trials);
 - what screening saved (the study's ``screening`` attribute);
@@ -17,7 +18,7 @@ it finishes, ``NAME.json``. ``report`` reads every study database there, finishe
 - the ranker's prospective Spearman: its ``screen_score`` before measurement against the measured
   first-chunk KL of the screened offspring, over all of them and over the best quarter by measured KL;
 - ``--cv``: the cross-validated Spearman (all, best quarter) of the ranker's model (damage features,
-  XGBoost on the residual of the Gram base) on each study's distinct first-chunk measurements.
+  XGBoost on the residual of its additive base) on each study's distinct first-chunk measurements.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ CHECKPOINTS = (10, 20, 30, 40, 60, 80)
 
 
 def name_of(args: argparse.Namespace) -> str:
-    return f"wanda-{args.budget}-evolve-n{args.trials}-s{args.seed}-k{args.screen_factor}"
+    return f"wanda-{args.budget}-evolve-n{args.trials}-s{args.seed}-k{args.screen_factor}-{'+'.join(args.baselines)}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
 
     spec = StudySpec(model_id=args.model, budget=args.budget, operators=["wanda"], strategy="evolve",
                      n_trials=args.trials, eval_tokens=1024, holdout_tokens=args.holdout_tokens, seed=args.seed,
-                     baselines=["uniform", "owl", "sensitivity"], prune=False, screen_factor=args.screen_factor)
+                     baselines=args.baselines, prune=False, screen_factor=args.screen_factor)
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     name = name_of(args)
@@ -177,6 +178,8 @@ def main() -> None:
     one.add_argument("--budget", type=float, default=0.4)
     one.add_argument("--holdout-tokens", type=int, default=4096)
     one.add_argument("--model", default="smollm2-135m")
+    one.add_argument("--baselines", type=lambda text: text.split(","), default=["uniform"],
+                     help="comma-separated seeds (default uniform: the sensitivity scan costs 120 evaluations)")
     one.add_argument("--dir", default=str(DIR))
     one.set_defaults(handler=run)
     table = sub.add_parser("report")
