@@ -77,7 +77,9 @@ def _no_repeats(field: str, items: list[str]) -> list[str]:
 class StudySpec(BaseModel):
     """Every option of a study, with the one set of defaults."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # The schema says what _one_budget checks: one budget at least (both at once is refused too).
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, json_schema_extra={"anyOf": [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in ("budget", "budget_bits")]})
 
     model_id: Annotated[str, Field(min_length=1, max_length=1024,
                                    description="a catalog name, or a model directory inside a model root")]

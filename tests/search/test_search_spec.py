@@ -105,3 +105,10 @@ def test_softlms_is_asked_for_by_name_and_only_seeds_low_rank_studies() -> None:
     asked = {**BASE, "baselines": ["uniform", "owl", "softlms"]}
     assert applicable_baselines(StudySpec(**asked, operators=["wanda"])) == ["uniform", "owl"]
     assert applicable_baselines(StudySpec(**asked, operators=["svd-whitened"])) == ["uniform", "softlms"]
+
+
+def test_the_json_schema_asks_for_one_budget_as_the_validator_does() -> None:
+    """Clients (and the API fuzz test's generator) read the schema: a body without a budget is not valid there."""
+    schema = StudySpec.model_json_schema()
+    assert sorted(alt["required"] for alt in schema["anyOf"]) == [["budget"], ["budget_bits"]]
+    assert not {"budget", "budget_bits"} & set(schema.get("required", []))
