@@ -76,6 +76,16 @@ def text_of(driver: WebDriver, element_id: str) -> str:
     return str(driver.execute_script(f"return document.getElementById('{element_id}').textContent"))
 
 
+def sign_in(driver: WebDriver, server: str, ready: Callable[[], Any], what: str) -> None:
+    """Enter the token on the index page (kept for every other page), wait for ``ready``, and drop the
+    browser log of the 401s from before the token was entered."""
+    driver.get(server + "/")
+    driver.find_element("id", "token").send_keys(TOKEN)
+    driver.find_element("id", "token-save").click()
+    wait_for(ready, what=what)
+    driver.get_log("browser")
+
+
 def rows(driver: WebDriver) -> int:
     return int(driver.execute_script("return document.querySelectorAll('#trials-body tr').length"))
 
@@ -113,12 +123,8 @@ def test_dashboard_follows_a_study_live(server: str, browser: WebDriver, worker:
     measure(worker, name, rng, 6, start_kl=0.55)
 
     # The token, entered once on the index page, is kept for the study page.
-    browser.get(server + "/")
-    browser.find_element("id", "token").send_keys(TOKEN)
-    browser.find_element("id", "token-save").click()
-    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
+    sign_in(browser, server, lambda: sid in browser.find_element("id", "studies").text, "the study in the list")
     assert "smollm2-135m" in browser.find_element("id", "model_id").text
-    browser.get_log("browser")  # drop the 401s from before the token was entered
     browser.get(f"{server}/studies/{sid}")
     wait_for(lambda: text_of(browser, "trial-count") == "9", what="9 trials on the page")
     assert rows(browser) == 9
@@ -208,11 +214,7 @@ def test_dashboard_shows_the_recovery_of_the_winner(server: str, browser: WebDri
             update_summary(session, study_id=sid, summary={"holdout": holdout, "recovery": recovery})
 
     summary({"status": "running", "step": 37, "steps": 120, "loss": 0.8125, "eta_s": 250.0})
-    browser.get(server + "/")
-    browser.find_element("id", "token").send_keys(TOKEN)
-    browser.find_element("id", "token-save").click()
-    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
-    browser.get_log("browser")  # drop the 401s from before the token was entered
+    sign_in(browser, server, lambda: sid in browser.find_element("id", "studies").text, "the study in the list")
     browser.get(f"{server}/studies/{sid}")
     running = wait_for(lambda: "step 37 / 120" in text_of(browser, "recovery") and text_of(browser, "recovery"),
                        what="the recovery's progress")
@@ -243,11 +245,7 @@ def test_dashboard_shows_the_setup_step_and_how_far_it_is(server: str, browser: 
         with session_scope(get_engine(storage_url)) as session:
             update_summary(session, study_id=sid, summary={"evaluations": 0, "setup": record})
 
-    browser.get(server + "/")
-    browser.find_element("id", "token").send_keys(TOKEN)
-    browser.find_element("id", "token-save").click()
-    wait_for(lambda: sid in browser.find_element("id", "studies").text, what="the study in the list")
-    browser.get_log("browser")  # drop the 401s from before the token was entered
+    sign_in(browser, server, lambda: sid in browser.find_element("id", "studies").text, "the study in the list")
     browser.get(f"{server}/studies/{sid}")
     wait_for(lambda: text_of(browser, "status") == "queued", what="the queued study")
     assert browser.execute_script("return document.getElementById('setup').hidden")  # no worker on it yet
@@ -274,12 +272,8 @@ def test_dashboard_group_page_draws_each_budgets_winner_on_one_frontier(server: 
                                                                        tmp_path: Path) -> None:
     """A list of budgets typed into the index form starts a group; its page follows the members and plots
     each budget's holdout winner, the frontier joining the ones no smaller budget beats."""
-    browser.get(server + "/")
-    browser.find_element("id", "token").send_keys(TOKEN)
-    browser.find_element("id", "token-save").click()
-    wait_for(lambda: browser.execute_script("return document.getElementById('model_id').options.length"),
-             what="the model choices")
-    browser.get_log("browser")  # drop the 401s from before the token was entered
+    model_choices = "return document.getElementById('model_id').options.length"
+    sign_in(browser, server, lambda: browser.execute_script(model_choices), "the model choices")
     budget = browser.find_element("id", "budget")
     budget.clear()
     budget.send_keys("0.3, 0.5, 0.7")
