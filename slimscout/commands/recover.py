@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compress.corpora import DEFAULT_DATASET
 from compress.lr_schedule import LR_SCHEDULES
 from slimscout.commands._common import add_model_options, non_negative_int, note, positive_int, print_result
 
@@ -32,6 +33,13 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more corpus names, comma-separated")
+    return names
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--max-minutes", type=_positive_float, default=None,
                         help="stop training after this many minutes (evaluated, best state kept); the "
                              "schedule still spans --steps, so choose steps that fit")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET,
+                        help=f"corpus whose calibration split trains and whose search split early-stops "
+                             f"(default {DEFAULT_DATASET})")
+    parser.add_argument("--train-extra", type=_names, default=(),
+                        help="more corpora (comma-separated) whose calibration splits join the training "
+                             "text, each step drawing its corpus uniformly; e.g. enwiki (160k tokens, "
+                             "against lee-news' 14k)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training-window sampler")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT.recover-checkpoint/ (a run refuses to start while one "
@@ -99,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                                tokens=args.tokens, hidden_weight=args.hidden_weight,
                                eval_every=args.eval_every, eval_tokens=args.eval_tokens, patience=args.patience,
                                max_minutes=args.max_minutes,
-                               seed=args.seed)
+                               seed=args.seed, dataset=args.dataset, train_extra=args.train_extra)
     config = load_config(args.config)  # validate before the slow load
     check_target(Path(args.out).expanduser().absolute(), force=args.force)
     note(f"loading {args.model} …")
