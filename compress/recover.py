@@ -473,7 +473,8 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
         "schedule": settings.schedule, "warmup": settings.warmup, "bf16": settings.bf16,
         "tokens_per_step": settings.tokens, "tokens_seen": run.step * settings.tokens,
         "hidden_weight": settings.hidden_weight, "seed": settings.seed, "dataset": settings.dataset,
-        "train_extra": list(settings.train_extra), "train_split": "calibration", "early_stop_split": "search", "eval_tokens": settings.eval_tokens,
+        "train_extra": list(settings.train_extra), "train_split": "calibration", "early_stop_split": "search",
+        "eval_tokens": settings.eval_tokens,
         "search_before": before, "search_after": after, "seconds": round(seconds, 1)}}
     recovered = CompressionConfig(config.model_id, config.layers, meta)
     write_recovered(session, recovered, run.baked(), out, force=force)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.corpora import BUILTIN_DATASETS, DEFAULT_DATASET
@@ -39,6 +40,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_totals(model_id: str) -> dict[str, Any] | None:
+    """A slimscout export's ``totals`` (its kept params and bytes, the original's dense linear params), or
+    None for any other model. Without it an export would be accounted as a new dense model: a recovered
+    60%-sparse model at keep ratio 1.0, its zeros counted as weights."""
+    from compress.checkpoint import MANIFEST_NAME, read_manifest
+
+    path = Path(model_id).expanduser()
+    if not (path / MANIFEST_NAME).is_file():
+        return None
+    totals: dict[str, Any] = read_manifest(path)["totals"]
+    return totals
+
+
 def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Split, tokens: int,
              device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     from compress.config import CompressionConfig, load_config
@@ -62,7 +76,11 @@ def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Spl
             metrics = evaluator.evaluate()
     else:
         metrics = evaluator.dense_metrics()
-    dense_bytes = 2 * session.params_linear
+    kept, kept_bytes, linear = cost.params, cost.bytes, session.params_linear
+    export = _export_totals(model_id) if not config.layers else None
+    if export is not None:  # the export's own accounting: its zeros and factors against the original's layers
+        kept, kept_bytes, linear = int(export["params"]), int(export["bytes"]), int(export["params_linear_dense"])
+    others = session.params_total - session.params_linear  # embeddings, norms, head: never compressed
     return {
         "model": model_id,
         "dataset": dataset,
@@ -72,14 +90,15 @@ def evaluate(*, model_id: str, config_path: str | None, dataset: str, split: Spl
         "ppl": metrics.ppl,
         "kl": metrics.kl,
         "cosine": metrics.cosine,
-        "params_total": session.params_total - session.params_linear + cost.params,
-        "params_total_dense": session.params_total,
-        "params_linear": session.params_linear,
-        "params_kept": cost.params,
-        "keep_ratio": cost.params / session.params_linear,
-        "bytes": cost.bytes,
-        "bits_per_weight": 8 * cost.bytes / session.params_linear,  # compress.accounting's convention
-        "bytes_linear_dense": dense_bytes,
+        "params_total": others + kept,
+        "params_total_dense": others + linear,
+        "params_linear": linear,
+        "params_kept": kept,
+        "keep_ratio": kept / linear,
+        "bytes": kept_bytes,
+        "bits_per_weight": 8 * kept_bytes / linear,  # compress.accounting's convention
+        "bytes_linear_dense": 2 * linear,
+        "accounting": "export manifest" if export is not None else "config",
         "seconds": time.perf_counter() - started,
         "timing": {
             "load_s": session.loaded.load_seconds,

@@ -283,6 +283,10 @@ def test_cli_apply_then_evaluate_the_export(tmp_path: Path, capsys: pytest.Captu
     assert exported["ppl"] == pytest.approx(original["ppl"], rel=1e-5)
     # On an export, params count what the directory really stores: factors as two small matrices.
     assert exported["params_total"] == applied["stored_params"] == applied["params_total"]
+    # and it is accounted as the compressed model it is (its manifest), not as a new dense model
+    for key in ("params_kept", "keep_ratio", "bytes", "bits_per_weight", "params_linear", "params_total_dense"):
+        assert exported[key] == original[key], key
+    assert exported["accounting"] == "export manifest" and original["accounting"] == "config"
 
     assert main(apply) == 2
     assert "already exists" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from compress.config import CompressionConfig, config_from_dict
 from compress.export import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME, LowRankLinear, load_compressed
 from compress.lr_schedule import learning_rate
 from compress.ops import fake_quant, sdq
-from compress.recover import CHECKPOINT_NAME, Progress, RecoverSettings, _Run, distillation_loss, recover
+from compress.recover import CHECKPOINT_NAME, Progress, RecoverSettings, Sampler, _Run, distillation_loss, recover
 from compress.recover_modules import FactoredLinear, MaskedLinear
 from compress.session import ModelSession
 from slimscout.cli import main
@@ -93,6 +93,29 @@ def latent_quantized(module: nn.Module, cfg_quant: dict[str, Any]) -> list[torch
         n, m = (int(x) for x in outliers.split(":"))
         return [sdq(w.detach(), bits, group, n, m) for w in latents]
     return [fake_quant(w.detach(), bits, group) for w in latents]
+
+
+def test_extra_corpora_join_the_training_text_each_step_drawing_one(session: ModelSession, tmp_path: Path) -> None:
+    """Windows come from the dataset's calibration split or the extra corpus's, about half each; never
+    from a split that is not calibration (the extra corpus's later documents never appear)."""
+    extra = tmp_path / "zebras.txt"  # 5 documents: the calibration split is the first (20%)
+    extra.write_text("\n\n".join([" ".join(["zebra"] * 300)] + [" ".join(["okapi"] * 300)] * 4), encoding="utf-8")
+    sampler = Sampler(session, RecoverSettings(tokens=16, seed=3, train_extra=(str(extra),)))
+    zebra = set(session.loaded.tokenizer(" zebra zebra", add_special_tokens=False)["input_ids"])
+    okapi = set(session.loaded.tokenizer(" okapi okapi", add_special_tokens=False)["input_ids"])
+    sources = []
+    for _ in range(60):
+        window = set(sampler.next()[0].tolist())
+        assert not window & (okapi - zebra)
+        sources.append(window <= zebra | set(session.loaded.tokenizer("zebra")["input_ids"]))
+    assert 15 <= sum(sources) <= 45
+
+
+def test_extra_corpora_must_differ_from_the_dataset() -> None:
+    with pytest.raises(ConfigError, match="train_extra"):
+        RecoverSettings(train_extra=("lee-news",))
+    with pytest.raises(ConfigError, match="train_extra"):
+        RecoverSettings(train_extra=("enwiki", "enwiki"))
 
 
 def test_each_step_trains_at_the_scheduled_rate(session: ModelSession) -> None:
@@ -281,12 +304,14 @@ def test_cli_recover_writes_the_model(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "config.json").write_text(make_config(MIX).to_json())
     out = tmp_path / "cli-out"
     argv = ["recover", "--model", "tiny-llama", "--config", str(tmp_path / "config.json"), "--out", str(out),
-            "--steps", "2", "--tokens", "64", "--eval-every", "1", "--eval-tokens", "128", "--lr", "1e-3", "--json"]
+            "--steps", "2", "--tokens", "64", "--eval-every", "1", "--eval-tokens", "128", "--lr", "1e-3",
+            "--train-extra", "enwiki", "--json"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     payload = json.loads(captured.out)
     assert payload["steps_run"] == 2 and payload["peak_rss_mb"] > 0
     assert "step 1/2" in captured.err and "search" in captured.err
     assert (out / WEIGHTS_NAME).is_file()
+    assert json.loads((out / MANIFEST_NAME).read_text())["recovered"]["train_extra"] == ["enwiki"]
     with pytest.raises(SystemExit):
         main([*argv[:-1], "--steps", "0"])
