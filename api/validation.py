@@ -86,6 +86,12 @@ def check_study(body: StudySpec, settings: Settings) -> tuple[StudySpec, list[di
         roots = ", ".join(str(root) for root in settings.data_roots) or "none configured"
         errors.append(error("dataset", f"expected {', '.join(BUILTIN_DATASETS)}, hf:NAME[:CONFIG], or a "
                                        f".txt/.jsonl file inside a data root ({roots})", body.dataset))
+    extra = [resolve_dataset(name, settings) for name in body.recover_train_extra]
+    for name, resolved in zip(body.recover_train_extra, extra, strict=True):
+        if resolved is None:
+            errors.append(error("recover_train_extra", f"{name!r}: expected {', '.join(BUILTIN_DATASETS)}, "
+                                                       "hf:NAME[:CONFIG], or a .txt/.jsonl file inside a data root",
+                                name))
     if body.n_trials > settings.max_trials:
         errors.append(error("n_trials", f"at most {settings.max_trials} trials per study", body.n_trials))
     for field in ("eval_tokens", "holdout_tokens", "sensitivity_tokens"):
@@ -99,6 +105,7 @@ def check_study(body: StudySpec, settings: Settings) -> tuple[StudySpec, list[di
     if body.trust_remote_code and not settings.trust_remote_code:
         errors.append(error("trust_remote_code", "this server does not run model code from model directories "
                                                  "(the operator has not set SLIMSCOUT_TRUST_REMOTE_CODE)", True))
-    resolved = body.model_copy(update={"model_id": model_id or body.model_id,
-                                       "dataset": dataset or body.dataset})
+    resolved = body.model_copy(update={"model_id": model_id or body.model_id, "dataset": dataset or body.dataset,
+                                       "recover_train_extra": [r or n for r, n in zip(extra, body.recover_train_extra,
+                                                                                       strict=True)]})
     return resolved, errors

@@ -148,7 +148,7 @@ def measure_recovered(spec: StudySpec, bench: Workbench, config: CompressionConf
 
     started = time.perf_counter()
     settings = RecoverSettings(steps=spec.recover_trial_steps, dataset=spec.dataset, seed=spec.seed,
-                               bf16=get_settings().recover_bf16)
+                               train_extra=tuple(spec.recover_train_extra), bf16=get_settings().recover_bf16)
     student = distil(bench.session(spec.model_id), config, settings)
     metrics = evaluator.evaluate(student)
     plain = RECOVERED_OBJECTIVES[spec.objective]

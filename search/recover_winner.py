@@ -77,13 +77,15 @@ def recover_winner(spec: StudySpec, bench: Workbench, config: CompressionConfig,
     assert spec.recover_steps is not None
     every = max(1, min(MAX_EVAL_EVERY, spec.recover_steps // 4))
     settings = RecoverSettings(steps=spec.recover_steps, eval_every=every, eval_tokens=spec.eval_tokens,
-                               dataset=spec.dataset, seed=spec.seed, bf16=get_settings().recover_bf16)
+                               dataset=spec.dataset, train_extra=tuple(spec.recover_train_extra), seed=spec.seed,
+                               bf16=get_settings().recover_bf16)
     result = recover(bench.session(spec.model_id), config, out, settings=settings, resume=True, force=True,
                      on_progress=lambda p: on_progress(progress_record(p.step, p.steps, p.loss, p.eta_s, p.search)))
     evaluator = bench.evaluator(spec.model_id, spec.dataset, "holdout", spec.holdout_tokens)
     after = evaluator.evaluate(load_model(str(out)).model)
     return {"status": "done", "steps": settings.steps, "steps_run": result.steps_run, "best_step": result.best_step,
             "lr": settings.lr, "bf16": settings.bf16, "tokens_per_step": settings.tokens,
+            "train_extra": list(settings.train_extra),
             "resumed_from": result.resumed_from,
             "seconds": result.seconds, "holdout_tokens": spec.holdout_tokens, "holdout_before": holdout_before,
             "holdout_after": {"ppl": after.ppl, "kl": after.kl, "cosine": after.cosine},

@@ -127,6 +127,11 @@ class StudySpec(BaseModel):
         "(compress.recover; masks, ranks and quantisation grids kept), measure it on holdout (the summary's "
         "recovery.holdout_before / holdout_after) and keep it as the study's recovered checkpoint "
         "(/v1/studies/{id}/recovered-checkpoint). None: no recovery"))] = None
+    recover_train_extra: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(
+        max_length=8, description=(
+            "more corpora (same forms as dataset) whose calibration splits join the dataset's as the "
+            "recovery's training text, each step drawing its corpus uniformly (recover_steps and "
+            "kl-recovered); e.g. [\"enwiki\"]: 160k tokens against lee-news' 14k"))] = []
     recover_trial_steps: Annotated[int, Field(ge=1, le=1000, description=(
         "objective kl-recovered only: distillation steps (512 calibration tokens each) per candidate "
         "before its KL is measured"))] = 8
@@ -148,6 +153,17 @@ class StudySpec(BaseModel):
         if dataset.startswith("hf:") and not HUB_DATASET.match(dataset):
             raise ValueError("expected hf:NAME[/SUB][:CONFIG] (letters, digits, '_', '.', '-'; no '..' parts)")
         return dataset
+
+    @field_validator("recover_train_extra")
+    @classmethod
+    def _extra_corpora(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        _no_repeats("recover_train_extra", names)
+        for name in names:
+            cls._printable(name)
+            cls._hub_name(name)
+        if info.data.get("dataset") in names:
+            raise ValueError("names the study's own dataset (its calibration split trains already)")
+        return names
 
     @field_validator("operators")
     @classmethod

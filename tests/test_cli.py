@@ -71,6 +71,12 @@ def test_bad_input_is_one_line(args: list[str], needle: str) -> None:
     assert_one_line_error(slimscout("evaluate", *args), needle)
 
 
+def test_search_refuses_its_own_dataset_as_extra_recovery_text() -> None:
+    assert_one_line_error(slimscout("search", "--model", "tiny-llama", "--budget", "0.5", "--recover-steps", "4",
+                                    "--recover-train-extra", "enwiki,lee-news"),
+                          "recover_train_extra: Value error, names the study's own dataset")
+
+
 def test_bad_paths_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(slimscout("evaluate", "--model", str(tmp_path)), "not a model directory")
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')

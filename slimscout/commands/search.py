@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help=StudySpec.model_fields["recover_steps"].description)
     parser.add_argument("--recover-out", help="where the recovered winner goes (--recover-steps; default: "
                                               "the cache's artifacts/<study>/recovered)")
+    parser.add_argument("--recover-train-extra", default="",
+                        help="comma-separated: " + str(StudySpec.model_fields["recover_train_extra"].description))
     parser.add_argument("--recover-trial-steps", type=positive_int, default=DEFAULTS["recover_trial_steps"],
                         help=StudySpec.model_fields["recover_trial_steps"].description)
     parser.add_argument("--storage", help="database URL (default: settings.storage_url)")
@@ -96,6 +98,7 @@ def spec_of(args: argparse.Namespace) -> StudySpec | BudgetGroup:
         screen_factor=args.screen_factor,
         recover_steps=args.recover_steps,
         recover_trial_steps=args.recover_trial_steps,
+        recover_train_extra=[name.strip() for name in args.recover_train_extra.split(",") if name.strip()],
     )
 
 

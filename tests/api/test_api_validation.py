@@ -139,6 +139,13 @@ def test_dataset_files_inside_a_data_root(make_client: MakeClient, tmp_path: Pat
     assert response.status_code == 201 and response.json()["spec"]["dataset"] == str((root / "notes.txt").resolve())
     for dataset in ("notes.csv", "../data/../../etc/hostname", "missing.txt"):
         assert fields_at_fault(client.post("/v1/studies", json={**VALID, "dataset": dataset})) == {"dataset"}
+    # The recovery's extra training corpora are resolved and refused by the same rules.
+    response = client.post("/v1/studies", json={**VALID, "recover_train_extra": ["enwiki", "notes.txt"]})
+    assert response.status_code == 201
+    assert response.json()["spec"]["recover_train_extra"] == ["enwiki", str((root / "notes.txt").resolve())]
+    for extra in (["notes.csv"], ["../data/../../etc/hostname"], ["lee-news"], ["enwiki", "enwiki"]):
+        assert fields_at_fault(client.post("/v1/studies", json={**VALID, "recover_train_extra": extra})) == \
+            {"recover_train_extra"}, extra
 
 
 def test_oversized_bodies_get_413(make_client: MakeClient) -> None:
