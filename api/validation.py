@@ -87,8 +87,8 @@ def check_study(body: StudySpec, settings: Settings) -> tuple[StudySpec, list[di
         errors.append(error("dataset", f"expected {', '.join(BUILTIN_DATASETS)}, hf:NAME[:CONFIG], or a "
                                        f".txt/.jsonl file inside a data root ({roots})", body.dataset))
     extra = [resolve_dataset(name, settings) for name in body.recover_train_extra]
-    for name, resolved in zip(body.recover_train_extra, extra, strict=True):
-        if resolved is None:
+    for name, found in zip(body.recover_train_extra, extra, strict=True):
+        if found is None:
             errors.append(error("recover_train_extra", f"{name!r}: expected {', '.join(BUILTIN_DATASETS)}, "
                                                        "hf:NAME[:CONFIG], or a .txt/.jsonl file inside a data root",
                                 name))
