@@ -3,7 +3,8 @@
 # `slimscout recover`, same settings for every config. Configs run one after another (2 shared cores).
 # Usage: bash bench/recover.sh NAME=CONFIG ...   (writes bench/results/recover/NAME.*)
 # Env: MODEL (smollm2-135m), STEPS (default 120), TOKENS (per step, 512), EVAL_EVERY (20), EVAL_TOKENS (1024),
-#      LR (5e-4), SCHEDULE (cosine), WARMUP (10), BF16=1 for --bf16, MAX_MINUTES (none), TRAIN_EXTRA (corpora, e.g. enwiki), PY (default /work/main/.venv/bin/python),
+#      LR (5e-4), SCHEDULE (cosine), WARMUP (10), BF16=1 for --bf16, MAX_MINUTES (none), TRAIN_EXTRA (corpora, e.g. enwiki),
+#      HIDDEN (--hidden-weight, default 0), PY (default /work/main/.venv/bin/python),
 #      OUT (bench/results/recover), KEEP_MODELS=1 to keep the exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ for pair in "$@"; do
   extra=(); [ "${BF16:-0}" = 1 ] && extra=(--bf16)
   [ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
   [ -n "${TRAIN_EXTRA:-}" ] && extra+=(--train-extra "$TRAIN_EXTRA")
+  [ -n "${HIDDEN:-}" ] && extra+=(--hidden-weight "$HIDDEN")
   resume=(); [ -f "$MODELS/$name.recover-checkpoint/checkpoint.pt" ] && resume=(--resume)
   S recover --model "$MODEL" --config "$config" --out "$MODELS/$name" --steps "$STEPS" --force --json \
     --tokens "${TOKENS:-512}" --eval-every "${EVAL_EVERY:-20}" --eval-tokens "${EVAL_TOKENS:-1024}" \
