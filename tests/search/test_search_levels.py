@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from common.errors import ConfigError
 from compress.accounting import model_cost
@@ -72,18 +72,6 @@ def test_rank_mutations_keep_the_kept_weights_exactly_within_the_rank_range() ->
         changed |= child != start
     assert set(moved) == {1, 2, 3}
     assert changed.mean() > 0.5  # the moves reach most layers, not a few
-
-
-def test_a_changed_count_is_caught() -> None:
-    """The exactness asserts compare against an independent count: a drift of one weight fails them."""
-    bench = Workbench()
-    spec = StudySpec(**LOWRANK)  # type: ignore[arg-type]
-    space = bench.space(spec)
-    levels = level_space(space, 4)
-    start = levels.read(_start(bench, spec))
-    drifted = start.copy()
-    drifted[int(np.argmax(start < levels.hi - 1))] += 1
-    assert model_cost(list(space.layers), levels.layer_configs(drifted)).params != levels.cost(start)
 
 
 def _smollm2_layers() -> list[LinearLayer]:
@@ -181,7 +169,7 @@ def test_the_registry_picks_by_family_and_refuses_the_rest() -> None:
         SparsityLevels.of(space, 4)
 
 
-def _evolve(tmp_path: Path, name: str, spec: StudySpec) -> tuple[list, dict[str, object]]:  # type: ignore[type-arg]
+def _evolve(tmp_path: Path, name: str, spec: StudySpec) -> tuple[list[FrozenTrial], dict[str, object]]:
     url = f"sqlite:///{tmp_path / (name + '.db')}"
     summary = run_search(spec, storage_url=url, study_name=name, bench=Workbench())
     study, _ = load_study(url, name)
