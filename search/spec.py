@@ -169,6 +169,18 @@ class StudySpec(BaseModel):
             raise ValueError(f"at most one quantizer, got {', '.join(quantizers)}")
         return operators
 
+    @field_validator("screen_factor")
+    @classmethod
+    def _screened_levels(cls, factor: int, info: ValidationInfo) -> int:
+        """evolve screens with ``predictor.rank``, whose damage features are unstructured sparsity's
+        (``search.levels`` refuses the other level spaces too; this says so before any setup)."""
+        families = {operator_info(op).family for op in info.data.get("operators") or []}
+        per_layer = families - {"quant"} or families  # a stacked quantizer is not what evolve moves
+        if factor > 1 and info.data.get("strategy") == "evolve" and per_layer and per_layer != {"sparsity"}:
+            raise ValueError(f"evolve screens only unstructured-sparsity levels, not {', '.join(sorted(per_layer))}; "
+                             "use 1")
+        return factor
+
     @model_validator(mode="wrap")
     @classmethod
     def _one_budget(cls, data: Any, handler: ModelWrapValidatorHandler[StudySpec]) -> StudySpec:
