@@ -84,11 +84,15 @@ class KeepGrid:
                     raise ConfigError("grid.step", f"{self.step} weights is not a whole number of weights per row "
                                                    f"of {layer.name} ({layer.out_features} rows)")
             return self.step
+        raw = self.target_weights(layers)
+        return max(rows, math.ceil(raw / rows) * rows)
+
+    def target_weights(self, layers: list[LinearLayer]) -> float:
+        """EvoPress's step before rounding: 0.5 · min(s, 1 - s) / levels · hidden² weights."""
         hidden = max(layer.in_features for layer in layers if layer.type in ("q", "o")) if any(
             layer.type in ("q", "o") for layer in layers) else max(layer.in_features for layer in layers)
         sparsity = 1.0 - self.keep
-        raw = 0.5 * min(sparsity, self.keep) / max(self.levels, 1) * hidden**2
-        return max(rows, math.ceil(raw / rows) * rows)
+        return 0.5 * min(sparsity, self.keep) / max(self.levels, 1) * hidden**2
 
     def layer_levels(self, layers: list[LinearLayer]) -> dict[str, dict[int, dict[str, Any]]]:
         step = self.resolved_step(layers)

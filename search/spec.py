@@ -104,7 +104,10 @@ class StudySpec(BaseModel):
     split: Annotated[str, Field(pattern=r"^[a-z]+$", max_length=64)] = "search"
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     strategy: Annotated[Strategy, Field(description="guided: the XGBoost predictor screens candidates; "
-                                                    "tpe / random: plain samplers")] = "guided"
+                                                    "tpe / random: plain samplers; evolve: EvoPress-style "
+                                                    "evolution over per-layer levels of one operator "
+                                                    "(unstructured sparsity, low rank, or bit widths under "
+                                                    "budget_bits)")] = "guided"
     baselines: Annotated[list[Baseline], Field(max_length=len(BASELINE_METHODS))] = list(DEFAULT_BASELINES)
     sensitivity_tokens: Annotated[int, Field(ge=2)] = 512
     holdout_tokens: Annotated[int, Field(ge=2, description="tokens of the holdout re-measurement")] = 4096
@@ -114,7 +117,8 @@ class StudySpec(BaseModel):
         "model, dataset, split, eval_tokens and objective. Off by default, so that a spec and its seed "
         "decide the trials: with it on, the same spec runs differently on a storage with history."))] = False
     screen_factor: Annotated[int, Field(ge=1, le=MAX_SCREEN_FACTOR, description=(
-        "evolve only: draw this many times a generation's offspring and measure only the ones the damage "
+        "evolve with a sparsity operator only (refused for low rank and bits): draw this many times a "
+        "generation's offspring and measure only the ones the damage "
         "predictor (predictor.rank.ConfigRanker, fitted on the study's cheapest-fidelity measurements) ranks "
         "best; until it has enough measurements, the first ones drawn. 1 (the default): measure every "
         "offspring drawn; on smollm2-135m screening (4) led at 40 trials and ended worse at 121"))] = 1
@@ -180,6 +184,18 @@ class StudySpec(BaseModel):
         if len(quantizers) > 1 and len(quantizers) < len(operators):
             raise ValueError(f"at most one quantizer, got {', '.join(quantizers)}")
         return operators
+
+    @field_validator("screen_factor")
+    @classmethod
+    def _screened_levels(cls, factor: int, info: ValidationInfo) -> int:
+        """evolve screens with ``predictor.rank``, whose damage features are unstructured sparsity's
+        (``search.levels`` refuses the other level spaces too; this says so before any setup)."""
+        families = {operator_info(op).family for op in info.data.get("operators") or []}
+        per_layer = families - {"quant"} or families  # a stacked quantizer is not what evolve moves
+        if factor > 1 and info.data.get("strategy") == "evolve" and per_layer and per_layer != {"sparsity"}:
+            raise ValueError(f"evolve screens only unstructured-sparsity levels, not {', '.join(sorted(per_layer))}; "
+                             "use 1")
+        return factor
 
     @model_validator(mode="wrap")
     @classmethod

@@ -52,7 +52,8 @@ STRATEGIES: dict[str, StrategyInfo] = {
         StrategyInfo("tpe", "search.strategies.tpe", "Optuna's multivariate TPE sampler"),
         StrategyInfo("random", "search.strategies.random", "uniform random knobs"),
         StrategyInfo("evolve", "search.strategies.evolve",
-                     "EvoPress-style (1+λ) evolution over per-layer sparsity levels, multi-fidelity selection"),
+                     "EvoPress-style (1+λ) evolution over per-layer levels (sparsity, rank or bit width), "
+                     "multi-fidelity selection"),
     )
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)

@@ -1,12 +1,16 @@
 """``evolve``: an EvoPress-style (1+λ) evolutionary search over per-layer levels, multi-fidelity.
 
-A config is one integer per layer, the weights it prunes per row. A level is ``step`` weights,
-the same count for every layer (``compress.leveldb.KeepGrid.resolved_step``, EvoPress's budget-neutral
-step), so a mutation that moves ``n = min(U{1,3}, U{1,3})`` random layers one level down and ``n``
-others one level up keeps the kept-parameter count exactly (asserted for every offspring).
+A config is one integer per layer, in the level space of the study's operator (``search.levels``,
+a registry by operator family): unstructured sparsity, the weights each layer prunes per row, in
+steps of the same count of weights for every layer (EvoPress's grid: ``n = min(U{1,3}, U{1,3})``
+layers one level down and ``n`` others one level up); low rank, each layer's rank, pairs of layers
+trading an exact count of weights; a budget in bits, each layer's bit width, pairs moving one width
+each way with exactly equal stored bits. Every mutation keeps the budget's exact count (kept
+weights, or stored bits as ``compress.accounting`` counts them) unchanged, asserted for every offspring.
 
-The starting parent is the best measured baseline seed of the study (uniform, OWL, sensitivity:
-whichever scored best; the uniform allocation, measured first, when the study has none). A
+The starting parent is the best measured baseline seed of the study that lies on the level grid
+(uniform, OWL, sensitivity: whichever scored best; the uniform allocation, measured first, when the
+study has none). A
 generation measures ``offspring`` mutants of the parent on the cheapest fidelity, then re-measures
 the best few on more tokens, stage by stage (EvoPress's multi-step selection), up to the study's
 ``eval_tokens``. Fidelities are prefixes of the study's evaluation tokens, ×4 apart, at most three
@@ -21,7 +25,8 @@ in ``fidelity_tokens``, its stage in ``stage``), so workers, dashboard and the r
 any other strategy. A lower-fidelity trial ends PRUNED (``search.measure_trial``), so the study's
 best — the digest's, the holdout's — is always a full-fidelity trial.
 
-Screening (``spec.screen_factor``; 1 turns it off): a generation draws ``screen_factor × offspring``
+Screening (``spec.screen_factor``; 1 turns it off; sparsity levels only, since the ranker's damage
+features are sparsity's: a ConfigError for low rank and bits): a generation draws ``screen_factor × offspring``
 distinct mutants, each budget-exact, and measures only the ``offspring`` that the damage predictor
 (``predictor.rank.ConfigRanker``: the log additive damage estimate plus XGBoost on the residual)
 ranks best. The ranker is fitted afresh for every generation on each distinct config the study
@@ -61,16 +66,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from common.errors import ConfigError
 from compress.baselines import uniform
-from compress.budget import MIN_KEEP, SPARSITY_OPERATORS, Allocation
-from compress.config import CompressionConfig, LayerConfig, QuantSpec, config_from_dict
-from compress.layers import LinearLayer
-from compress.leveldb import KeepGrid
+from compress.config import config_from_dict
 from predictor.features import FeatureBuilder
 from predictor.rank import ConfigLayers, ConfigRanker, damage_builder
 from search.context import Workbench
+from search.levels import Levels, level_space
 from search.measure_trial import FIDELITY_ATTR, fidelity_chunks
 from search.optuna_adapter import SCREENING_ATTR
-from search.space import SearchSpace, enqueue_exact
+from search.space import enqueue_exact
 from search.spec import StudySpec
 from search.strategies.tpe import tpe_sampler
 from search.study import Counts, counts
@@ -98,72 +101,6 @@ def fidelities(eval_tokens: int, seq_len: int) -> list[int]:
 def survivors(offspring: int, n_stages: int) -> list[int]:
     """How many offspring each stage measures: all of them, then a quarter as many per stage (at least 1)."""
     return [offspring] + [max(1, offspring // FIDELITY_RATIO**s) for s in range(1, n_stages)]
-
-
-@dataclass(frozen=True)
-class LevelSpace:
-    """Per-layer pruned weights per row, moved in steps of the same count of weights for every layer."""
-
-    layers: Sequence[LinearLayer]
-    operator: str
-    step: int
-    rows: np.ndarray = field(repr=False)
-    cols: np.ndarray = field(repr=False)
-    quant: QuantSpec | None = None
-
-    @classmethod
-    def of(cls, space: SearchSpace, levels: int) -> LevelSpace:
-        if len(space.param_ops) != 1 or space.param_ops[0] not in SPARSITY_OPERATORS:
-            raise ConfigError("strategy", "evolve searches unstructured-sparsity levels: one sparsity operator "
-                                          f"({', '.join(SPARSITY_OPERATORS)}), got {', '.join(space.param_ops)}")
-        layers = list(space.layers)
-        step = KeepGrid(space.budget, levels).resolved_step(layers)
-        return cls(layers, space.param_ops[0], step, np.array([layer.out_features for layer in layers]),
-                   np.array([layer.in_features for layer in layers]), space.quant)
-
-    @property
-    def per_row(self) -> np.ndarray:
-        return self.step // self.rows
-
-    @property
-    def max_pruned(self) -> np.ndarray:
-        return np.floor((1.0 - MIN_KEEP) * self.cols).astype(np.int64)
-
-    def read(self, config: CompressionConfig) -> np.ndarray:
-        """The pruned weights per row of each layer in ``config`` (dense or absent layers: 0)."""
-        out = np.zeros(len(self.layers), dtype=np.int64)
-        for i, layer in enumerate(self.layers):
-            entry = config.layers.get(layer.name)
-            if entry is not None and entry.sparsity is not None:
-                out[i] = round(entry.sparsity.ratio * layer.in_features)
-        return out
-
-    def kept(self, pruned: np.ndarray) -> int:
-        return int((self.rows * (self.cols - pruned)).sum())
-
-    def mutate(self, pruned: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``n = min(U{1,3}, U{1,3})`` layers one level down, ``n`` others one level up; the same kept count."""
-        n = int(min(rng.integers(1, 4), rng.integers(1, 4)))
-        can_down = np.flatnonzero(pruned + self.per_row <= self.max_pruned)
-        down = rng.choice(can_down, size=min(n, len(can_down)), replace=False)
-        can_up = np.setdiff1d(np.flatnonzero(pruned - self.per_row >= 0), down)
-        up = rng.choice(can_up, size=min(len(down), len(can_up)), replace=False)
-        down = down[: len(up)]
-        child = pruned.copy()
-        child[down] += self.per_row[down]
-        child[up] -= self.per_row[up]
-        assert self.kept(child) == self.kept(pruned), "a level swap changed the budget"
-        return child
-
-    def allocation(self, pruned: np.ndarray) -> Allocation:
-        keep = (self.cols - pruned) / self.cols
-        return Allocation({layer.name: float(k) for layer, k in zip(self.layers, keep, strict=True)},
-                          {layer.name: self.operator for layer in self.layers},
-                          self.kept(pruned), int((self.rows * self.cols).sum()), 0.0)
-
-    def layer_configs(self, pruned: np.ndarray) -> dict[str, LayerConfig]:
-        """The per-layer settings of the config ``pruned`` is measured as (``search.space.to_config``'s)."""
-        return self.allocation(pruned).layer_configs(self.layers, self.quant)
 
 
 class Ranker(Protocol):
@@ -270,12 +207,15 @@ class Evolution:
 
     def propose(self, study: optuna.Study, spec: StudySpec, bench: Workbench, open_slots: int) -> int:
         space = bench.space(spec)
-        levels = LevelSpace.of(space, self.levels)
+        levels = level_space(space, self.levels, screened=spec.screen_factor > 1)
         seq_len = bench.evaluator(spec.model_id, spec.dataset, spec.split, spec.eval_tokens).seq_len
         live = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
         starts = [t for t in live if t.state == TrialState.COMPLETE and str(t.user_attrs.get("source", "")).startswith(
-            ("baseline:", PARENT_SOURCE))]
+            ("baseline:", PARENT_SOURCE)) and levels.on_grid(config_from_dict(t.user_attrs["config"]))]
         if not starts:
+            if any(t.user_attrs.get("source") == PARENT_SOURCE for t in live):
+                raise ConfigError("strategy", "evolve found no measured seed on its level grid, the uniform "
+                                              "allocation included")
             start = uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).allocation
             enqueue_exact(study, space, start, {"source": PARENT_SOURCE})
             return 1
@@ -293,10 +233,10 @@ class Evolution:
         study.set_user_attr(STUDY_ATTR, {
             "generation": batch.generation, "stage": batch.stage, "parent": batch.parent.number,
             "parent_value": batch.parent.value, "fidelities": stages, "screen_factor": spec.screen_factor,
-            "survivors": survivors(self.offspring, len(stages)), "step_weights": levels.step})
+            "survivors": survivors(self.offspring, len(stages)), **levels.describe()})
         return min(len(batch.configs), open_slots)
 
-    def next_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: LevelSpace, spec: StudySpec,
+    def next_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: Levels, spec: StudySpec,
                    seq_len: int, ranker: Ranker | None = None) -> Batch:
         """Replay the generations measured so far from ``parent`` on; the stage to measure next.
 
@@ -309,8 +249,8 @@ class Evolution:
             if trial.user_attrs.get("source") == SOURCE:
                 key = (int(trial.user_attrs[GENERATION_ATTR]), int(trial.user_attrs[STAGE_ATTR]))
                 by_stage.setdefault(key, []).append(trial)
-        seen = {levels.read(config_from_dict(t.user_attrs["config"])).tobytes()
-                for t in live if "config" in t.user_attrs}
+        documents = [config_from_dict(t.user_attrs["config"]) for t in live if "config" in t.user_attrs]
+        seen = {levels.read(doc).tobytes() for doc in documents if levels.on_grid(doc)}
         generation = 0
         while True:
             if (generation, 0) not in by_stage:
@@ -338,7 +278,7 @@ class Evolution:
         scored = sorted((_score_at(t, tokens, seq_len), t.number, t) for t in trials)
         return [t for score, _, t in scored if score < bar]
 
-    def offspring_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: LevelSpace, spec: StudySpec,
+    def offspring_batch(self, live: list[FrozenTrial], parent: FrozenTrial, levels: Levels, spec: StudySpec,
                         seq_len: int, generation: int, seen: set[bytes], ranker: Ranker | None) -> Batch:
         """Stage 0 of ``generation``: the ranker's best ``offspring`` of ``screen_factor`` times as many
         candidates once it has ``min_pairs`` measured configs to learn from; else the first drawn."""
@@ -355,7 +295,7 @@ class Evolution:
         return Batch(generation, 0, [drawn[i] for i in best], parent, len(drawn), [float(scores[i]) for i in best],
                      time.perf_counter() - started)
 
-    def offspring_of(self, parent: FrozenTrial, levels: LevelSpace, seed: int, generation: int,
+    def offspring_of(self, parent: FrozenTrial, levels: Levels, seed: int, generation: int,
                      seen: set[bytes], count: int | None = None) -> list[np.ndarray]:
         """``count`` (default ``offspring``) distinct mutants of ``parent`` never measured before, drawn from
         (seed, generation); a larger ``count`` draws the same first ``offspring``, then more."""

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from common.errors import ConfigError
 from compress.baselines import uniform
 from compress.config import LayerConfig, config_from_dict
 from predictor.rank import ConfigRanker
 from search.context import Workbench
+from search.levels import SparsityLevels
 from search.measure_trial import FIDELITY_ATTR
 from search.runner import run_search
 from search.space import to_config
@@ -25,7 +25,6 @@ from search.strategies.evolve import (
     SCORE_ATTR,
     SOURCE,
     Evolution,
-    LevelSpace,
     SessionRankers,
     fidelities,
     survivors,
@@ -50,7 +49,7 @@ def test_level_swaps_keep_the_kept_weights_exactly() -> None:
     bench = Workbench()
     spec = StudySpec(**SPEC)  # type: ignore[arg-type]
     space = bench.space(spec)
-    levels = LevelSpace.of(space, levels=4)
+    levels = SparsityLevels.of(space, levels=4)
     start = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
     rng = np.random.default_rng(0)
     moved = []
@@ -65,12 +64,6 @@ def test_level_swaps_keep_the_kept_weights_exactly() -> None:
         moved.append(int((delta == 1).sum()))
     assert set(moved) == {1, 2, 3}
     assert moved.count(1) > moved.count(3)  # min of two draws favours small moves
-
-
-def test_low_rank_is_refused() -> None:
-    space = Workbench().space(StudySpec(**SPEC | {"operators": ["svd"]}))  # type: ignore[arg-type]
-    with pytest.raises(ConfigError):
-        LevelSpace.of(space, levels=4)
 
 
 def _study(tmp_path: Path, name: str, bench: Workbench | None = None,
@@ -120,7 +113,7 @@ def test_without_baselines_the_uniform_allocation_is_the_first_parent(tmp_path: 
     assert [t.user_attrs["parent"] for t in trials[1:]] == [0, 0]
 
 
-def _trial(number: int, pruned: np.ndarray, levels: LevelSpace, space: object, chunks: list[float],
+def _trial(number: int, pruned: np.ndarray, levels: SparsityLevels, space: object, chunks: list[float],
            state: TrialState, **attrs: object) -> FrozenTrial:
     config = to_config(space, levels.allocation(pruned), {"source": SOURCE})  # type: ignore[arg-type]
     trial = create_trial(state=state, value=chunks[-1], intermediate_values=dict(enumerate(chunks)),
@@ -133,7 +126,7 @@ def test_offspring_go_on_only_ahead_of_the_parent_and_the_best_becomes_the_next_
     bench = Workbench()
     spec = StudySpec(**SPEC | {"n_trials": 100})  # type: ignore[arg-type]
     space = bench.space(spec)
-    levels = LevelSpace.of(space, levels=4)
+    levels = SparsityLevels.of(space, levels=4)
     start = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
     parent = _trial(0, start, levels, space, [1.0, 2.0], TrialState.COMPLETE, source="baseline:uniform")
     evolution = Evolution(offspring=4)
@@ -189,7 +182,7 @@ def test_screening_measures_the_rankers_best_of_more_candidates_once_it_can_lear
     bench = Workbench()
     spec = StudySpec(**SPEC | {"n_trials": 100, "screen_factor": 4})  # type: ignore[arg-type]
     space = bench.space(spec)
-    levels = LevelSpace.of(space, levels=4)
+    levels = SparsityLevels.of(space, levels=4)
     start = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
     parent = _trial(0, start, levels, space, [1.0, 2.0], TrialState.COMPLETE, source="baseline:uniform")
     evolution, ranker = Evolution(offspring=4), StubRanker()
@@ -246,7 +239,7 @@ def test_a_screened_study_measures_the_config_rankers_best_and_counts_what_it_sa
     ranker = ConfigRanker.for_session(bench.session(spec.model_id), spec.budget_ratio, spec.operators)
     ranker.observe([config_from_dict(t.user_attrs["config"]).layers for t in pairs.values()],
                    [t.intermediate_values[0] for t in pairs.values()])
-    levels = LevelSpace.of(bench.space(spec), levels=4)
+    levels = SparsityLevels.of(bench.space(spec), levels=4)
     parent = trials[generation1[0].user_attrs["parent"]]
     seen = {levels.read(config_from_dict(t.user_attrs["config"])).tobytes() for t in before}
     drawn = Evolution().offspring_of(parent, levels, spec.seed, 1, seen, count=32)

@@ -35,6 +35,9 @@ BASE: dict[str, Any] = {"model_id": "tiny-llama", "budget": 0.5}
     ({"strategy": "evolution"}, "strategy"),
     ({"screen_factor": 0}, "screen_factor"),
     ({"screen_factor": 2.0}, "screen_factor"),
+    ({"strategy": "evolve", "operators": ["svd-whitened"], "screen_factor": 4}, "screen_factor"),
+    ({"strategy": "evolve", "budget": None, "budget_bits": 3.5, "operators": ["gptq"], "screen_factor": 2},
+     "screen_factor"),
     ({"baselines": ["owl", "owl"]}, "baselines"),
     ({"extra": 1}, "extra"),
 ])
@@ -48,6 +51,12 @@ def test_an_integer_budget_is_a_number_and_an_encoder_may_use_cosine() -> None:
     assert StudySpec.model_validate(BASE | {"budget": 1}).budget == 1.0
     spec = StudySpec(model_id="tiny-bert", budget=0.5, objective="cosine", dataset="hf:wikitext:wikitext-2-raw-v1")
     assert spec.objective == "cosine"
+
+
+def test_evolve_screens_sparsity_only() -> None:
+    assert StudySpec(**BASE, strategy="evolve", operators=["wanda", "int8"], screen_factor=4).screen_factor == 4
+    assert StudySpec(**BASE, strategy="evolve", operators=["svd"], screen_factor=1).operators == ["svd"]
+    assert StudySpec(**BASE, strategy="tpe", operators=["svd"], screen_factor=4).screen_factor == 4  # unused
 
 
 def test_the_stored_json_round_trips_and_ignores_dropped_fields() -> None:
