@@ -54,6 +54,7 @@ from compress.export import (
 from compress.layers import count_params
 from compress.lr_schedule import LR_SCHEDULES, learning_rate
 from compress.measure import ENCODER_SEQ_LEN, Evaluator, Metrics
+from compress.operators import ScoreSparsity, sparsity_handler
 from compress.ops import unstructured_mask
 from compress.recover_modules import ConstrainedLayer, FactoredLinear, MaskedLinear
 from compress.session import ModelSession
@@ -158,11 +159,13 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def _keep_mask(session: ModelSession, name: str, cfg: LayerConfig, latent: Tensor) -> Tensor | None:
     """The fixed keep-mask of a dense-stored layer: exact from the cached score order when the layer
-    is plain unstructured sparsity, else the non-zeros of the sparsified (unquantized) weight."""
+    is plain unstructured sparsity by a score, else the non-zeros of the sparsified (unquantized)
+    weight (N:M, pruned factors, and reconstruction operators such as SparseGPT, whose kept weights
+    are updated, not ranked)."""
     sparsity = cfg.sparsity
     if sparsity is None or sparsity.ratio == 0:
         return None
-    if cfg.lowrank is None and sparsity.nm is None:
+    if cfg.lowrank is None and sparsity.nm is None and isinstance(sparsity_handler(sparsity.score), ScoreSparsity):
         return unstructured_mask(session.ranks(sparsity.score)[name], sparsity.ratio)
     return latent != 0
 

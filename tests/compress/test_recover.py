@@ -38,6 +38,7 @@ MIX: dict[str, Any] = {
     f"{L1}.mlp.down_proj": {"quant": {"bits": 4, "group_size": 32}},
     f"{L1}.self_attn.q_proj": {"quant": {"bits": 8, "group_size": 16, "outliers": "1:8"}},  # SDQ
     f"{L1}.self_attn.v_proj": {"lowrank": {"rank": 4, "method": "svd"}},
+    f"{L1}.mlp.gate_proj": {"sparsity": {"ratio": 0.5, "score": "sparsegpt"}},  # reconstructed, not ranked
 }
 FAST = RecoverSettings(steps=4, lr=1e-3, tokens=64, eval_every=2, eval_tokens=128)
 
@@ -205,8 +206,8 @@ def test_distillation_lowers_the_loss(session: ModelSession) -> None:
     config = make_config({layer.name: {"sparsity": {"ratio": 0.8, "score": "wanda"}} for layer in session.layers})
     run = _Run(session, config, RecoverSettings(lr=1e-3, warmup=0, tokens=64, eval_tokens=128))
     gen = torch.Generator().manual_seed(5)
-    starts = torch.randint(0, run.sampler.ids.numel() - 64, (4,), generator=gen).tolist()
-    held = torch.stack([run.sampler.ids[s : s + 64] for s in starts])
+    starts = torch.randint(0, run.sampler.streams[0].numel() - 64, (4,), generator=gen).tolist()
+    held = torch.stack([run.sampler.streams[0][s : s + 64] for s in starts])
 
     def loss() -> float:
         with torch.no_grad():
