@@ -189,12 +189,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512, help="evaluation tokens")
     parser.add_argument("--max-blocks", type=int, default=None,
                         help="leveldb: build the first K blocks only (same shapes: the same working set)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache directory (default: <work>/cache)")
     parser.add_argument("--out", type=Path, default=OUT, help="results file (phases of other runs kept)")
     parser.add_argument("--leveldb-child", action="store_true", help=argparse.SUPPRESS)  # the --max-blocks build
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "slimscout-memory-1b",
                         help="model and cache directory (kept between runs)")
     args = parser.parse_args()
-    model_dir, cache = args.work / "model", args.work / "cache"
+    model_dir, cache = args.work / "model", args.cache or args.work / "cache"
     config = args.work / "magnitude-50.json"
     if args.leveldb_child:
         print(json.dumps(build_first_blocks(model_dir, cache, args.max_blocks, args.levels, args.calibration_tokens)))
@@ -222,7 +223,8 @@ def main() -> None:
         "leveldb": [*cli, "leveldb", *model_opts, "--operator", "sparsegpt", "--keep", "0.5",
                     "--levels", str(args.levels), "--calibration-tokens", str(args.calibration_tokens), "--json"]
         if args.max_blocks is None else
-        [sys.executable, "-m", "bench.memory_1b", "--leveldb-child", "--work", str(args.work), "--max-blocks",
+        [sys.executable, "-m", "bench.memory_1b", "--leveldb-child", "--work", str(args.work), "--cache", str(cache),
+         "--max-blocks",
          str(args.max_blocks), "--levels", str(args.levels), "--calibration-tokens", str(args.calibration_tokens)],
         "evaluate": [*cli, "evaluate", *model_opts, "--config", str(config), "--split", "holdout",
                      "--tokens", str(args.tokens), "--json"],

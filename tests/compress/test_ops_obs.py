@@ -1,0 +1,116 @@
+"""The inverse Hessian factor: float64 when narrow, float32 when wide, in place when asked, shared by levels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.errors import ConfigError
+from compress.ops import gptq, sparsegpt
+from compress.ops import obs as obs_module
+from compress.ops.gptq import act_order_perm
+from compress.ops.obs import FLOAT64_MAX_INPUTS, factor_dtype, inverse_hessian_factor, obs_sweep
+from tests.compress._recon import correlated_problem, output_error
+
+
+def test_narrow_layers_factor_in_float64_wide_ones_in_float32() -> None:
+    assert factor_dtype(576) == factor_dtype(1536) == factor_dtype(FLOAT64_MAX_INPUTS) == torch.float64
+    assert factor_dtype(FLOAT64_MAX_INPUTS + 1) == factor_dtype(8192) == torch.float32
+
+
+def test_float32_factor_prunes_as_well_as_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    weight, x, gram = correlated_problem(cols=256)
+    in64 = inverse_hessian_factor(gram, percdamp=0.1)
+    monkeypatch.setattr(obs_module, "FLOAT64_MAX_INPUTS", 128)  # 256 inputs count as wide now
+    in32 = inverse_hessian_factor(gram, percdamp=0.1)
+    assert in64.factor.dtype == in32.factor.dtype == torch.float32  # handed out in float32 either way
+    assert not torch.equal(in32.factor, in64.factor)  # computed in another precision
+    assert torch.allclose(in32.factor, in64.factor, rtol=1e-3, atol=1e-6 * float(in64.factor.abs().max()))
+    error64 = output_error(weight, sparsegpt(weight, in64, sparsity=0.5), x)
+    error32 = output_error(weight, sparsegpt(weight, in32, sparsity=0.5), x)
+    assert abs(error32 - error64) < 1e-3 * error64
+
+
+@pytest.mark.parametrize("threshold", [FLOAT64_MAX_INPUTS, 64])  # float64 (a copy either way), float32 (in place)
+def test_overwrite_gives_the_same_factor_and_uses_the_gram_only_when_it_can(
+        monkeypatch: pytest.MonkeyPatch, threshold: int) -> None:
+    monkeypatch.setattr(obs_module, "FLOAT64_MAX_INPUTS", threshold)
+    _, _, gram = correlated_problem(cols=128)
+    gram[:, 3] = gram[3, :] = 0.0  # a dead input
+    expected = inverse_hessian_factor(gram, percdamp=0.01)
+    owned = gram.clone()
+    got = inverse_hessian_factor(owned, percdamp=0.01, overwrite=True)
+    assert torch.equal(got.factor, expected.factor) and torch.equal(got.dead, expected.dead)
+    assert torch.equal(owned, gram) == (threshold == FLOAT64_MAX_INPUTS)  # float32 in place: the Gram is spent
+    permuted = gram.clone()
+    perm = act_order_perm(gram)
+    inverse_hessian_factor(permuted, percdamp=0.01, perm=perm, overwrite=True)
+    assert torch.equal(permuted, gram)  # a permuted H is a copy anyway
+
+
+def test_damping_is_raised_from_the_undamped_diagonal_each_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, gram = correlated_problem(cols=64)
+    calls: list[torch.Tensor] = []
+    real = torch.linalg.cholesky_ex
+
+    def fail_first(h: torch.Tensor, *, upper: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if not upper:
+            calls.append(h.diagonal().clone())
+            if len(calls) == 1:
+                return h.clone(), torch.tensor(1)
+        return real(h, upper=upper)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", fail_first)
+    result = inverse_hessian_factor(gram, percdamp=0.01)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", real)
+    assert result.damp == pytest.approx(0.1)
+    mean = float(gram.diagonal().double().mean())
+    assert torch.allclose(calls[1], gram.diagonal().double() + 0.1 * mean)  # not 0.01 + 0.1 stacked
+    assert torch.equal(result.factor, inverse_hessian_factor(gram, percdamp=0.1).factor)
+
+
+def test_an_inverse_that_does_not_factor_after_an_in_place_start_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(obs_module, "FLOAT64_MAX_INPUTS", 16)
+    _, _, gram = correlated_problem(cols=64)
+    real = torch.linalg.cholesky_ex
+
+    def upper_fails(h: torch.Tensor, *, upper: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        factor, info = real(h, upper=upper)
+        return (factor, torch.tensor(1)) if upper else (factor, info)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", upper_fails)
+    with pytest.raises(ConfigError, match="overwritten"):
+        inverse_hessian_factor(gram.clone(), percdamp=0.01, overwrite=True)
+    with pytest.raises(ConfigError, match="not positive definite"):  # without overwrite: H rebuilt, damping raised
+        inverse_hessian_factor(gram, percdamp=0.01)
+
+
+def test_a_prepared_factor_gives_the_operators_own_result() -> None:
+    weight, _, gram = correlated_problem(cols=128)
+    shared = inverse_hessian_factor(gram, percdamp=0.1)
+    for sparsity in (0.3, 0.5, 0.7):
+        assert torch.equal(sparsegpt(weight, shared, sparsity=sparsity), sparsegpt(weight, gram, sparsity=sparsity,
+                                                                                      percdamp=0.1))
+    for bits in (3, 4):
+        assert torch.equal(gptq(weight, shared, bits=bits, group_size=32).weight,
+                           gptq(weight, gram, bits=bits, group_size=32, percdamp=0.1).weight)
+    ordered = inverse_hessian_factor(gram, percdamp=0.1, perm=act_order_perm(gram))
+    assert torch.equal(gptq(weight, ordered, bits=4, group_size=32, act_order=True).weight,
+                       gptq(weight, gram, bits=4, group_size=32, act_order=True, percdamp=0.1).weight)
+    with pytest.raises(ValueError, match="act_order=True"):
+        gptq(weight, shared, bits=4, group_size=32, act_order=True)
+    with pytest.raises(ValueError, match="act_order=False"):
+        gptq(weight, ordered, bits=4, group_size=32)
+    with pytest.raises(ValueError, match="permuted"):
+        sparsegpt(weight, ordered, sparsity=0.5)
+
+
+def test_ranking_in_bands_of_rows_prunes_the_same_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    weight, _, gram = correlated_problem(rows=37, cols=96)
+    inverse = inverse_hessian_factor(gram, percdamp=0.01)
+    whole, keep = obs_sweep(weight, inverse, blocksize=32, prune_per_row=40)
+    monkeypatch.setattr(obs_module, "_RANK_ELEMENTS", 96 * 5)  # five rows at a time, a ragged last band
+    banded, banded_keep = obs_sweep(weight, inverse, blocksize=32, prune_per_row=40)
+    assert torch.equal(keep, banded_keep) and torch.equal(whole, banded)
+    assert ((~keep).sum(dim=1) == 40).all()
