@@ -20,7 +20,7 @@ from compress.leveldb import (
 )
 from compress.operators import gptq as gptq_operator
 from compress.operators import sparsegpt as sparsegpt_operator
-from compress.ops import gptq, pruned_per_row, sparsegpt
+from compress.ops import gptq, obs, pruned_per_row, sparsegpt
 from compress.session import ModelSession
 
 
@@ -70,6 +70,27 @@ def test_gptq_levels_decode_to_the_operator_result(session: ModelSession) -> Non
     assert db.levels(name) == [3, 4]
     with pytest.raises(ConfigError, match="level 8 is not in the database grid"):
         db.weight(name, 8)
+
+
+@pytest.mark.parametrize("low_memory", [False, True])  # Grams kept in memory, or read afresh from disk
+def test_wide_layers_factored_in_place_match_the_operator_and_spare_the_sessions_grams(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, low_memory: bool) -> None:
+    monkeypatch.setattr(obs, "FLOAT64_MAX_INPUTS", 0)  # every layer counts as wide: float32, H in the Gram's memory
+    session = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512, low_memory=low_memory)
+    stats = session.stats()
+    before = {layer.name: stats.gram(layer.name).clone() for layer in session.layers}
+    db = LevelDatabase.build(session, "sparsegpt", GRID)
+    for layer in session.layers:
+        assert torch.equal(stats.gram(layer.name), before[layer.name]), layer.name
+        for level, params in db.manifest["layers"][layer.name]["levels"].items():
+            expected = sparsegpt(session.dense_weight(layer.name), before[layer.name], sparsity=params["sparsity"],
+                                 percdamp=sparsegpt_operator.DAMPENING)
+            assert torch.equal(db.weight(layer.name, int(level)), expected), (layer.name, level)
+    quantized = LevelDatabase.build(session, "gptq", BitsGrid(bits=(4,), group_size=32, act_order=True))
+    name = session.layers[-1].name
+    assert torch.equal(quantized.weight(name, 4), gptq(session.dense_weight(name), before[name], bits=4, group_size=32,
+                                                       act_order=True, percdamp=gptq_operator.DAMPENING).weight)
+    assert torch.equal(stats.gram(name), before[name])
 
 
 def test_a_killed_build_resumes_without_redoing_finished_layers(session: ModelSession) -> None:
