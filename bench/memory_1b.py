@@ -249,9 +249,11 @@ def build_first_blocks(model_dir: Path, cache: Path, blocks: int, levels: int, t
 
     from common.settings import get_settings
     from compress.catalog import load_model
+    from compress.heap import fix_mmap_threshold
     from compress.leveldb import KeepGrid, LevelDatabase
     from compress.session import ModelSession
 
+    fix_mmap_threshold()  # as the leveldb command does
     loaded = load_model(str(model_dir), dtype="bfloat16")
     model: Any = loaded.model
     stack: nn.ModuleList = model.model.layers
