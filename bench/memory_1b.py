@@ -115,11 +115,16 @@ def run_phase(name: str, argv: list[str], env: dict[str, str], results: dict[str
     anon, outside = [0], [0]  # peak RssAnon; peak VmRSS outside the model file's mapping
     done = threading.Event()
 
+    trace = (logs / f"{name}-rss.csv").open("w")  # the whole course, to find what the peak was
+    trace.write("unix_time,vm_rss_kib,rss_anon_kib,rss_file_kib,model_file_rss_kib\n")
+
     def sample() -> None:
         last_write = 0.0
         while not done.is_set():
             status = _status_kib(proc.pid)
             model_rss = _mapped_rss_kib(proc.pid, model_file)
+            trace.write(f"{time.time():.1f},{status.get('VmRSS', 0)},{status.get('RssAnon', 0)},"
+                        f"{status.get('RssFile', 0)},{model_rss or 0}\n")
             peak[0] = max(peak[0], status.get("VmHWM", 0))
             anon[0] = max(anon[0], status.get("RssAnon", 0))
             if model_rss is not None and "VmRSS" in status:
@@ -136,6 +141,7 @@ def run_phase(name: str, argv: list[str], env: dict[str, str], results: dict[str
     _, status, usage = os.wait4(proc.pid, 0)  # we reap it ourselves: its own rusage, not all children's
     done.set()
     sampler.join()
+    trace.close()
     code = os.waitstatus_to_exitcode(status)
     row.update(returncode=code, seconds=round(time.perf_counter() - started, 1), ru_maxrss_bytes=usage.ru_maxrss * 1024,
                hwm_rss_bytes=peak[0] * 1024, status="done" if code == 0 else "failed",
@@ -264,7 +270,13 @@ def build_first_blocks(model_dir: Path, cache: Path, blocks: int, levels: int, t
     session = ModelSession(loaded, cache_dir=cache / f"first-{blocks}-blocks", calibration_tokens=tokens,
                            low_memory=low_memory)
     start = clock.perf_counter()
-    db = LevelDatabase.build(session, "sparsegpt", KeepGrid(keep=0.5, levels=levels))
+
+    def note(step: str, done: int, total: int) -> None:  # on stderr, to line up with the RSS trace
+        print(f"{clock.time():.1f} {step} {done}/{total}", file=sys.stderr, flush=True)
+
+    with session.reporting(note):
+        db = LevelDatabase.build(session, "sparsegpt", KeepGrid(keep=0.5, levels=levels),
+                                 progress=lambda done, total, layer: note(layer, done, total))
     return {"directory": str(db.directory), "blocks": blocks, "layers": len(session.layers),
             "layers_built": len(db.built_layers), "low_memory": low_memory, "disk_bytes": db.disk_bytes(),
             "seconds": clock.perf_counter() - start}

@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from common.progress import StepCounts
 from compress.device import model_device
 from compress.layers import LinearLayer, block_prefix
+from compress.spooled_safetensors import write_tensors
 
 BlockGrams = Callable[[dict[str, torch.Tensor]], None]  # one block's Grams (leader -> float32, on CPU)
 INDEX = "index.json"
@@ -115,7 +115,7 @@ class CalibrationStats:
         def write(grams: dict[str, torch.Tensor]) -> None:
             name = f"block-{len(set(files.values())):04d}.safetensors"
             tmp = directory / f".{name}.{time.monotonic_ns()}.tmp"
-            save_file({k: v.contiguous() for k, v in grams.items()}, str(tmp))
+            write_tensors(tmp, grams)  # from the Grams' own memory: save_file would copy them all first
             tmp.replace(directory / name)
             files.update(dict.fromkeys(grams, name))
             if keep_in_memory:

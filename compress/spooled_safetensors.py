@@ -1,4 +1,4 @@
-"""A safetensors file written one tensor at a time, so its tensors are never all in memory at once.
+"""Safetensors files written from the tensors' own memory: one tensor at a time, or all without a copy.
 
 ``safetensors.torch.save_file`` takes every tensor of the file together; a level database layer
 file holds one weight per level (17 float32 copies of a 1B Llama's down_proj, 1.1 GB, at the
@@ -6,6 +6,10 @@ default grid). Here each tensor's bytes go to a spool file as soon as it is adde
 writes the header and copies the spooled bytes after it, largest element size first (as
 ``save_file`` orders them, so every tensor starts at a multiple of its element size). The result
 is an ordinary safetensors file: ``safe_open`` and ``load_file`` read it.
+
+``save_file`` also copies every tensor into a ``bytes`` object before writing (a calibration
+block's Grams: 0.3 GB more at a 1B Llama's shapes); ``write_tensors`` writes them from their own
+memory instead.
 """
 
 from __future__ import annotations
@@ -51,18 +55,11 @@ class SpooledSafetensors:
 
     def close(self) -> None:
         """Write the file: header, then the spooled bytes in safetensors' order."""
-        order = sorted(self._entries, key=lambda name: (-self._entries[name][4], name))
-        header: dict[str, object] = {"__metadata__": self.metadata} if self.metadata else {}
-        offset = 0
-        for name in order:
-            dtype, shape, _, nbytes, _ = self._entries[name]
-            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+        entries = {name: (dtype, shape, nbytes, size)
+                   for name, (dtype, shape, _, nbytes, size) in self._entries.items()}
+        order = _order(entries)
         with self.path.open("wb") as out:
-            out.write(struct.pack("<Q", len(text)))
-            out.write(text)
+            out.write(_header(entries, order, self.metadata))
             for name in order:
                 _, _, start, nbytes, _ = self._entries[name]
                 self._spool.seek(start)
@@ -78,6 +75,41 @@ class SpooledSafetensors:
             self.close()
         else:
             self._spool.close()
+
+
+def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """``save_file(tensors, path, metadata)``, writing each tensor from its own memory (no copy of it)."""
+    views = {}
+    entries = {}
+    for name, tensor in tensors.items():
+        if tensor.dtype not in _DTYPES:
+            raise ValueError(f"safetensors has no dtype for {tensor.dtype}")
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        views[name] = data
+        entries[name] = (_DTYPES[tensor.dtype], list(tensor.shape), data.nbytes, tensor.element_size())
+    order = _order(entries)
+    with Path(path).open("wb") as out:
+        out.write(_header(entries, order, dict(metadata or {})))
+        for name in order:
+            out.write(views[name].data)
+
+
+def _order(entries: dict[str, tuple[str, list[int], int, int]]) -> list[str]:
+    """Largest element size first: every tensor then starts at a multiple of its element size."""
+    return sorted(entries, key=lambda name: (-entries[name][3], name))
+
+
+def _header(entries: dict[str, tuple[str, list[int], int, int]], order: list[str], metadata: dict[str, str]) -> bytes:
+    """The length-prefixed JSON header for ``entries`` (dtype, shape, bytes, element size) laid out in ``order``."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in order:
+        dtype, shape, nbytes, _ = entries[name]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
 
 
 def _copy(source: IO[bytes], target: IO[bytes], nbytes: int) -> None:

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from compress.spooled_safetensors import SpooledSafetensors
+from compress.spooled_safetensors import SpooledSafetensors, write_tensors
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -69,3 +69,21 @@ def test_bad_names_and_dtypes_are_refused(tmp_path: Path) -> None:
             out.add("__metadata__", torch.ones(2))
         with pytest.raises(ValueError, match="no dtype"):
             out.add("c", torch.ones(2, dtype=torch.complex64))
+
+
+def test_written_from_their_own_memory_all_at_once(tmp_path: Path) -> None:
+    tensors = _tensors()
+    path = tmp_path / "block.safetensors"
+    write_tensors(path, tensors, metadata={"block": "0"})
+    loaded = load_file(str(path))
+    assert loaded.keys() == tensors.keys()
+    assert all(loaded[name].dtype == t.dtype and torch.equal(loaded[name], t) for name, t in tensors.items())
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {"block": "0"}
+    spooled = tmp_path / "spooled.safetensors"
+    with SpooledSafetensors(spooled, metadata={"block": "0"}) as out:
+        for name, tensor in tensors.items():
+            out.add(name, tensor)
+    assert spooled.read_bytes() == path.read_bytes()  # one layout, however written
+    with pytest.raises(ValueError, match="no dtype"):
+        write_tensors(tmp_path / "c.safetensors", {"c": torch.ones(2, dtype=torch.complex64)})
