@@ -76,7 +76,9 @@ def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor
         h.diagonal().copy_(undamped + damp * mean)
         chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            torch.cholesky_inverse(chol, out=h)  # H is not needed any more: its memory takes the inverse
+            # H is not needed any more: its memory takes the inverse. Through h.mT, which is column-major
+            # as LAPACK writes (the inverse is symmetric): into h itself torch would go by a temporary copy.
+            torch.cholesky_inverse(chol, out=h.mT)
             del chol
             upper, info = torch.linalg.cholesky_ex(h, upper=True)
             if int(info) == 0:

@@ -114,3 +114,11 @@ def test_ranking_in_bands_of_rows_prunes_the_same_weights(monkeypatch: pytest.Mo
     banded, banded_keep = obs_sweep(weight, inverse, blocksize=32, prune_per_row=40)
     assert torch.equal(keep, banded_keep) and torch.equal(whole, banded)
     assert ((~keep).sum(dim=1) == 40).all()
+
+
+def test_the_factor_is_the_references_upper_cholesky_of_the_damped_inverse() -> None:
+    _, _, gram = correlated_problem(cols=96)
+    h = gram.double()
+    h.diagonal().add_(0.01 * float(h.diagonal().mean()))
+    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    assert torch.equal(inverse_hessian_factor(gram, percdamp=0.01).factor, reference)
