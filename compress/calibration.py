@@ -33,6 +33,7 @@ from safetensors import safe_open
 from torch import nn
 
 from common.progress import StepCounts
+from compress import heap
 from compress.device import model_device
 from compress.layers import LinearLayer, block_prefix
 from compress.spooled_safetensors import write_tensors
@@ -278,6 +279,7 @@ def collect_stats(
             for handle in handles:
                 handle.remove()
         finish()
+        heap.trim()  # the block's activations were many allocations of a few MB
         if on_stage:
             on_stage(done, len(stages))
     n_tokens = sum(int(chunk.numel()) for chunk in chunks)

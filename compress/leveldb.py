@@ -38,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from common.errors import ConfigError, SlimscoutError
+from compress import heap
 from compress.layers import LinearLayer
 from compress.operators import gptq as gptq_operator
 from compress.operators import sparsegpt as sparsegpt_operator
@@ -274,7 +275,7 @@ class LevelDatabase:
             if not db._intact(name):
                 manifest["layers"].pop(name, None)
                 prepared = op.prepare(stats.owned_gram(name), levels[name])  # once per layer; the Gram is spent
-                dense = session.dense_weight(name)
+                dense = session.stored_dense_weight(name)  # the operators make their own float32 copy
                 file = db._file(name)
                 tmp = file.with_name(f".{file.name}.{time.monotonic_ns()}.tmp")
                 with SpooledSafetensors(tmp, metadata={"layer": name}) as out:
@@ -283,6 +284,7 @@ class LevelDatabase:
                             out.add(f"{level}.{part}", narrowest_exact(tensor.detach().cpu()))
                 tmp.replace(file)
                 del prepared, dense
+                heap.trim()
                 manifest["layers"][name] = {
                     "levels": {str(level): params for level, params in levels[name].items()},
                     "bytes": file.stat().st_size,

@@ -140,7 +140,7 @@ def obs_sweep(
     of M columns when the sweep reaches it. ``columns`` maps sweep positions to the grid's column
     indices (act-order); ``grid`` rounds the kept weights onto the quantisation grid.
     """
-    w = weight.detach().float().clone()
+    w = weight.detach().to(torch.float32, copy=True)  # one copy, whatever the weight's dtype
     rows, cols = w.shape
     hinv = inverse.factor.to(w.device)
     diag = hinv.diagonal()
