@@ -4,10 +4,11 @@ Layers over ``FLOAT64_MAX_INPUTS`` inputs (none of smollm2-135m's; a 1B Llama's 
 their inverse Hessian factored in float32 and their calibration Gram summed in float32. This
 measures what that costs on the real model, by forcing every layer onto the float32 path:
 
-- ``factor``: every layer of smollm2-135m (Grams of 4,096 Lee news tokens, from the session's
-  cache), SparseGPT at keep 0.5 and GPTQ 4-bit (default group size), damping 0.1 (the operators'),
-  with the factor in float64 and in float32: the relative output error tr(ΔW G ΔWᵀ)/tr(W G Wᵀ) of
-  each, and the relative change of the float32 error;
+- ``factor``: every layer of some blocks of smollm2-135m (``--blocks``, default 0, 15, 29; Grams
+  of 4,096 Lee news tokens, from the session's cache), SparseGPT at keep 0.5 and GPTQ 4-bit
+  (default group size), damping 0.1 (the operators'), with the factor in float64 and in float32:
+  the relative output error tr(ΔW G ΔWᵀ)/tr(W G Wᵀ) of each, and the relative change of the
+  float32 error;
 - ``grams``: the calibration Grams summed in float32 rather than float64 (chunks of 512 tokens):
   their relative Frobenius difference, and SparseGPT keep 0.5 from each, measured on the
   float64-summed Gram;
@@ -15,7 +16,8 @@ measures what that costs on the real model, by forcing every layer onto the floa
   8192-input down_proj of the 1B-shaped model of ``bench.memory_1b`` (its Gram from a
   ``--max-blocks`` build's cache), where float32 really is used.
 
-Usage: python -m bench.factor_precision [--wide-model DIR --wide-grams DIR]
+Usage: python -m bench.factor_precision [--checks factor grams wide] [--blocks 0 15 29]
+       [--wide-model DIR --wide-grams DIR]
 Results: bench/results/memory/precision.json
 """
 
@@ -79,14 +81,14 @@ def _summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def factor_check(session: ModelSession) -> dict[str, Any]:
+def factor_check(session: ModelSession, blocks: list[int]) -> dict[str, Any]:
     stats = session.stats()
     rows = {layer.name: _compare(session.dense_weight(layer.name), stats.gram(layer.name))
-            for layer in session.layers}
+            for layer in session.layers if layer.block in blocks}
     return {"layers": len(rows), "summary": _summary(rows), "per_layer": rows}
 
 
-def gram_check(session: ModelSession) -> dict[str, Any]:
+def gram_check(session: ModelSession, blocks: list[int]) -> dict[str, Any]:
     reference = session.stats()
     limit = calibration.FLOAT64_MAX_INPUTS
     calibration.FLOAT64_MAX_INPUTS = 0  # every layer's sum in float32
@@ -97,7 +99,7 @@ def gram_check(session: ModelSession) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for layer in session.layers:
         g64, g32 = reference.gram(layer.name), summed32.gram(layer.name)
-        if layer.name != reference.leader[layer.name]:
+        if layer.name != reference.leader[layer.name] or layer.block not in blocks:
             continue  # a shared Gram: once, under its leader
         weight = session.dense_weight(layer.name)
         from64 = sparsegpt(weight, g64, sparsity=0.5, percdamp=sparsegpt_operator.DAMPENING)
@@ -130,6 +132,7 @@ def wide_check(model_dir: Path, grams_dir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", nargs="+", default=["factor", "grams"], choices=["factor", "grams", "wide"])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[0, 15, 29], help="smollm2 blocks to compare")
     parser.add_argument("--wide-model", type=Path)
     parser.add_argument("--wide-grams", type=Path)
     args = parser.parse_args()
@@ -139,10 +142,10 @@ def main() -> None:
         start = time.perf_counter()
         if check == "factor":
             assert session is not None
-            results["factor"] = factor_check(session)
+            results["factor"] = factor_check(session, args.blocks)
         elif check == "grams":
             assert session is not None
-            results["grams"] = gram_check(session)
+            results["grams"] = gram_check(session, args.blocks)
         else:
             if args.wide_model is None or args.wide_grams is None:
                 parser.error("wide needs --wide-model and --wide-grams")

@@ -93,6 +93,17 @@ def test_wide_layers_factored_in_place_match_the_operator_and_spare_the_sessions
     assert torch.equal(stats.gram(name), before[name])
 
 
+def test_a_bfloat16_models_levels_equal_the_operator_on_its_float32_weight(tmp_path: Path) -> None:
+    session = ModelSession(load_model("tiny-llama", dtype="bfloat16"), cache_dir=tmp_path, calibration_tokens=256)
+    db = LevelDatabase.build(session, "sparsegpt", KeepGrid(keep=0.5, levels=0))
+    gram = session.stats().gram
+    for layer in session.layers[:7]:
+        sparsity = db.manifest["layers"][layer.name]["levels"]["0"]["sparsity"]
+        expected = sparsegpt(session.dense_weight(layer.name), gram(layer.name), sparsity=sparsity,
+                             percdamp=sparsegpt_operator.DAMPENING)
+        assert torch.equal(db.weight(layer.name, 0), expected), layer.name
+
+
 def test_a_killed_build_resumes_without_redoing_finished_layers(session: ModelSession) -> None:
     class Killed(Exception):
         pass
