@@ -14,7 +14,7 @@ measures what that costs on the real model, by forcing every layer onto the floa
   float64-summed Gram;
 - ``wide`` (with ``--wide-model DIR --wide-grams DIR``): the same factor comparison on one
   8192-input down_proj of the 1B-shaped model of ``bench.memory_1b`` (its Gram from a
-  ``--max-blocks`` build's cache), where float32 really is used.
+  ``--max-blocks`` build's cache), where float32 really is used; SparseGPT only.
 
 Usage: python -m bench.factor_precision [--checks factor grams wide] [--blocks 0 15 29]
        [--wide-model DIR --wide-grams DIR]
@@ -55,17 +55,17 @@ def _factor(gram: Tensor, float32: bool) -> dict[str, obs.InverseHessian]:
         obs.FLOAT64_MAX_INPUTS = limit
 
 
-def _errors(weight: Tensor, gram: Tensor, factors: dict[str, obs.InverseHessian]) -> dict[str, float]:
-    group = default_group_size(weight.shape[1])
-    return {
-        "sparsegpt_keep0.5": output_error(weight, sparsegpt(weight, factors["sparsegpt"], sparsity=0.5), gram),
-        "gptq_4bit": output_error(weight, gptq(weight, factors["gptq"], bits=4, group_size=group).weight, gram),
-    }
+def _errors(weight: Tensor, gram: Tensor, factors: dict[str, obs.InverseHessian], gptq_too: bool) -> dict[str, float]:
+    out = {"sparsegpt_keep0.5": output_error(weight, sparsegpt(weight, factors["sparsegpt"], sparsity=0.5), gram)}
+    if gptq_too:
+        group = default_group_size(weight.shape[1])
+        out["gptq_4bit"] = output_error(weight, gptq(weight, factors["gptq"], bits=4, group_size=group).weight, gram)
+    return out
 
 
-def _compare(weight: Tensor, gram: Tensor) -> dict[str, Any]:
-    in64 = _errors(weight, gram, _factor(gram, float32=False))
-    in32 = _errors(weight, gram, _factor(gram, float32=True))
+def _compare(weight: Tensor, gram: Tensor, *, gptq_too: bool = True) -> dict[str, Any]:
+    in64 = _errors(weight, gram, _factor(gram, float32=False), gptq_too)
+    in32 = _errors(weight, gram, _factor(gram, float32=True), gptq_too)
     return {"float64": in64, "float32": in32,
             "relative_change": {k: (in32[k] - in64[k]) / in64[k] for k in in64}}
 
@@ -125,7 +125,7 @@ def wide_check(model_dir: Path, grams_dir: Path) -> dict[str, Any]:
     with safe_open(str(model_dir / "model.safetensors"), framework="pt") as fh:
         weight = fh.get_tensor(f"{name}.weight").float()
     start = time.perf_counter()
-    row = _compare(weight, stats.gram(name))
+    row = _compare(weight, stats.gram(name), gptq_too=False)  # SparseGPT only: a 2048 x 8192 sweep is slow here
     return {"layer": name, "shape": list(weight.shape), **row, "seconds": time.perf_counter() - start}
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--wide-model", type=Path)
     parser.add_argument("--wide-grams", type=Path)
     args = parser.parse_args()
-    results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results: dict[str, Any] = {}
     session = ModelSession.open("smollm2-135m") if {"factor", "grams"} & set(args.checks) else None
     for check in args.checks:
         start = time.perf_counter()
@@ -152,7 +152,8 @@ def main() -> None:
             results["wide"] = wide_check(args.wide_model, args.wide_grams)
         results[check]["seconds"] = round(time.perf_counter() - start, 1)
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1))
+        on_disk = json.loads(OUT.read_text()) if OUT.is_file() else {}  # another run's checks are kept
+        OUT.write_text(json.dumps({**on_disk, check: results[check]}, indent=1))
         print(check, json.dumps({k: v for k, v in results[check].items() if not k.startswith("per_")}, indent=1))
 
 
