@@ -44,7 +44,7 @@ from compress.operators import gptq as gptq_operator
 from compress.operators import sparsegpt as sparsegpt_operator
 from compress.ops import QuantizedWeight, default_group_size, gptq, pruned_per_row, sparsegpt
 from compress.ops.gptq import act_order_perm
-from compress.ops.obs import InverseHessian, inverse_hessian_factor
+from compress.ops.obs import GramSpentError, InverseHessian, inverse_hessian_factor
 from compress.spooled_safetensors import SpooledSafetensors
 
 MANIFEST = "manifest.json"
@@ -150,8 +150,10 @@ class LevelOperator(Protocol):
 
     percdamp: float  # Hessian dampening: part of the database's identity
 
-    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]]) -> InverseHessian:
-        """What all ``levels`` of a layer share, from its Gram (which this may overwrite: the caller's own copy)."""
+    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]], *,
+                overwrite: bool = True) -> InverseHessian:
+        """What all ``levels`` of a layer share, from its Gram (which, with ``overwrite``, this may use
+        up: the caller's own copy; ``GramSpentError`` when it was, in vain)."""
         ...
 
     def encode(self, weight: Tensor, prepared: InverseHessian, params: Mapping[str, Any]) -> dict[str, Tensor]: ...
@@ -162,8 +164,9 @@ class LevelOperator(Protocol):
 class SparseGPTLevels:
     percdamp = sparsegpt_operator.DAMPENING  # the operator's, so a level equals the operator at that setting
 
-    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]]) -> InverseHessian:
-        return inverse_hessian_factor(gram, percdamp=self.percdamp, overwrite=True)
+    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]], *,
+                overwrite: bool = True) -> InverseHessian:
+        return inverse_hessian_factor(gram, percdamp=self.percdamp, overwrite=overwrite)
 
     def encode(self, weight: Tensor, prepared: InverseHessian, params: Mapping[str, Any]) -> dict[str, Tensor]:
         return {"weight": sparsegpt(weight, prepared, sparsity=params["sparsity"])}
@@ -175,12 +178,13 @@ class SparseGPTLevels:
 class GPTQLevels:
     percdamp = gptq_operator.DAMPENING
 
-    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]]) -> InverseHessian:
+    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]], *,
+                overwrite: bool = True) -> InverseHessian:
         orders = {bool(params["act_order"]) for params in levels.values()}
         if len(orders) != 1:
             raise ValueError("all levels of a layer must share act_order (they share one inverse Hessian)")
         perm = act_order_perm(gram).cpu() if orders.pop() else None
-        return inverse_hessian_factor(gram, percdamp=self.percdamp, perm=perm, overwrite=True)
+        return inverse_hessian_factor(gram, percdamp=self.percdamp, perm=perm, overwrite=overwrite)
 
     def encode(self, weight: Tensor, prepared: InverseHessian, params: Mapping[str, Any]) -> dict[str, Tensor]:
         q = gptq(weight, prepared, bits=params["bits"], group_size=params["group_size"],
@@ -274,7 +278,10 @@ class LevelDatabase:
             name = layer.name
             if not db._intact(name):
                 manifest["layers"].pop(name, None)
-                prepared = op.prepare(stats.owned_gram(name), levels[name])  # once per layer; the Gram is spent
+                try:  # once per layer, in the Gram's own memory
+                    prepared = op.prepare(stats.owned_gram(name), levels[name])
+                except GramSpentError:  # not at the first damping: again, from a copy that can be retried
+                    prepared = op.prepare(stats.owned_gram(name), levels[name], overwrite=False)
                 dense = session.stored_dense_weight(name)  # the operators make their own float32 copy
                 file = db._file(name)
                 tmp = file.with_name(f".{file.name}.{time.monotonic_ns()}.tmp")

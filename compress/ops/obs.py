@@ -30,6 +30,11 @@ def factor_dtype(inputs: int) -> torch.dtype:
     return torch.float64 if inputs <= FLOAT64_MAX_INPUTS else torch.float32
 
 
+class GramSpentError(ConfigError):
+    """H did not factor at the first damping and was being factored in the caller's Gram (``overwrite``):
+    there is nothing left to retry from. Call again on a fresh copy of the Gram without ``overwrite``."""
+
+
 @dataclass(frozen=True)
 class InverseHessian:
     factor: Tensor  # [in, in] float32, upper-triangular Cholesky factor of (H + λI)⁻¹
@@ -48,10 +53,11 @@ def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor
     ``perm`` reorders the inputs first (GPTQ's act-order). The factorisation runs in
     ``factor_dtype(in)``.
 
-    Memory: at most two [in, in] matrices of that dtype besides ``gram``. With ``overwrite`` (the
-    caller no longer needs the Gram), H is formed in ``gram``'s own memory when it already has
-    that dtype and no ``perm`` is given, so the peak is two matrices in all; ``gram`` then holds
-    garbage (the inverse) on return.
+    Memory: one [in, in] matrix of that dtype besides ``gram``: the Cholesky factor, the inverse
+    and its factor are each computed in place, in H's memory (a few MB of LAPACK workspace). With
+    ``overwrite`` (the caller no longer needs the Gram), H is formed in ``gram``'s own memory when it
+    already has that dtype and no ``perm`` is given: nothing more than the Gram, which then holds the
+    returned factor. A failed try cannot be retried then: ``GramSpentError``.
     """
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"hessian must be square [in, in], got shape {tuple(gram.shape)}")
@@ -67,26 +73,24 @@ def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor
     undamped = h.diagonal().clone()  # each try damps this diagonal afresh
     mean = float(undamped.mean())
     damp = percdamp
+    info = torch.zeros((), dtype=torch.int32, device=gram.device)
     for _ in range(_MAX_DAMP_TRIES):
-        if h is None:  # the last try's inverse took H's memory: H again, from the Gram
+        if h is None:  # the last try overwrote H: H again, from the Gram
             if in_place:
-                raise ConfigError("hessian", "the inverse of the damped calibration Hessian does not factor "
-                                             f"(damping {damp / 10:g}, {dtype}); its Gram was overwritten")
+                raise GramSpentError("hessian", f"the damped calibration Hessian did not factor at damping "
+                                                f"{damp / 10:g} ({dtype}) and its Gram was overwritten")
             h = _prepared_hessian(gram, dead, perm, dtype, in_place=False)
         h.diagonal().copy_(undamped + damp * mean)
-        chol, info = torch.linalg.cholesky_ex(h)
+        # H is symmetric, so h.mT holds it column-major, as LAPACK works: each step runs in that
+        # memory (into a row-major h, torch would go by a temporary copy of the whole matrix).
+        a = h.mT
+        torch.linalg.cholesky_ex(a, out=(a, info))
         if int(info) == 0:
-            # H is not needed any more: its memory takes the inverse. Through h.mT, which is column-major
-            # as LAPACK writes (the inverse is symmetric): into h itself torch would go by a temporary copy.
-            torch.cholesky_inverse(chol, out=h.mT)
-            del chol
-            upper, info = torch.linalg.cholesky_ex(h, upper=True)
+            torch.cholesky_inverse(a, out=a)
+            torch.linalg.cholesky_ex(a, upper=True, out=(a, info))
             if int(info) == 0:
-                return InverseHessian(upper.float(), dead, damp, perm)
-            del upper
-            h = None
-        else:
-            del chol
+                return InverseHessian(a.float(), dead, damp, perm)
+        h = None
         damp *= 10.0
     raise ConfigError("hessian", f"the calibration Hessian is not positive definite even with damping {damp / 10:g}")
 

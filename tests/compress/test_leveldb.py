@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,6 +92,29 @@ def test_wide_layers_factored_in_place_match_the_operator_and_spare_the_sessions
     assert torch.equal(quantized.weight(name, 4), gptq(session.dense_weight(name), before[name], bits=4, group_size=32,
                                                        act_order=True, percdamp=gptq_operator.DAMPENING).weight)
     assert torch.equal(stats.gram(name), before[name])
+
+
+def test_a_layer_whose_hessian_fails_in_the_grams_memory_is_retried_from_a_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(obs, "FLOAT64_MAX_INPUTS", 0)  # float32 everywhere: H factored in the Gram's memory
+    session = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=256)
+    gram = session.stats().gram
+    real, calls = torch.linalg.cholesky_ex, [0]
+
+    def first_fails(a: torch.Tensor, *, upper: bool = False, out: Any = None) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:  # the first layer's first try
+            out[1].fill_(1)
+            return out
+        return real(a, upper=upper, out=out)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", first_fails)
+    db = LevelDatabase.build(session, "sparsegpt", KeepGrid(keep=0.5, levels=0))
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", real)
+    assert calls[0] > 1 and db.built_layers == [layer.name for layer in session.layers]
+    first = session.layers[0].name
+    expected = sparsegpt(session.dense_weight(first), gram(first), sparsity=0.5, percdamp=sparsegpt_operator.DAMPENING)
+    assert torch.equal(db.weight(first, 0), expected)  # the retry, from a copy, at the first damping
 
 
 def test_a_bfloat16_models_levels_equal_the_operator_on_its_float32_weight(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from common.errors import ConfigError
 from compress.ops import gptq, sparsegpt
 from compress.ops import obs as obs_module
 from compress.ops.gptq import act_order_perm
-from compress.ops.obs import FLOAT64_MAX_INPUTS, factor_dtype, inverse_hessian_factor, obs_sweep
+from compress.ops.obs import FLOAT64_MAX_INPUTS, GramSpentError, factor_dtype, inverse_hessian_factor, obs_sweep
 from tests.compress._recon import correlated_problem, output_error
 
 
@@ -42,45 +44,51 @@ def test_overwrite_gives_the_same_factor_and_uses_the_gram_only_when_it_can(
     got = inverse_hessian_factor(owned, percdamp=0.01, overwrite=True)
     assert torch.equal(got.factor, expected.factor) and torch.equal(got.dead, expected.dead)
     assert torch.equal(owned, gram) == (threshold == FLOAT64_MAX_INPUTS)  # float32 in place: the Gram is spent
+    assert (got.factor.data_ptr() == owned.data_ptr()) == (threshold != FLOAT64_MAX_INPUTS)  # ... on the factor
     permuted = gram.clone()
     perm = act_order_perm(gram)
     inverse_hessian_factor(permuted, percdamp=0.01, perm=perm, overwrite=True)
     assert torch.equal(permuted, gram)  # a permuted H is a copy anyway
 
 
+Cholesky = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _failing(real: Cholesky, fails: Callable[[bool, int], bool]) -> Cholesky:
+    """``torch.linalg.cholesky_ex`` that reports failure (without computing) where ``fails(upper, call)``."""
+    calls = [0]
+
+    def fake(a: torch.Tensor, *, upper: bool = False, out: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        calls[0] += 1
+        if fails(upper, calls[0]):
+            if out is not None:
+                out[1].fill_(1)
+                return out
+            return a.clone(), torch.tensor(1)
+        return real(a, upper=upper, out=out)
+
+    return fake
+
+
 def test_damping_is_raised_from_the_undamped_diagonal_each_try(monkeypatch: pytest.MonkeyPatch) -> None:
     _, _, gram = correlated_problem(cols=64)
-    calls: list[torch.Tensor] = []
-    real = torch.linalg.cholesky_ex
-
-    def fail_first(h: torch.Tensor, *, upper: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        if not upper:
-            calls.append(h.diagonal().clone())
-            if len(calls) == 1:
-                return h.clone(), torch.tensor(1)
-        return real(h, upper=upper)
-
-    monkeypatch.setattr(torch.linalg, "cholesky_ex", fail_first)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", _failing(torch.linalg.cholesky_ex,
+                                                              lambda upper, call: call == 1))
     result = inverse_hessian_factor(gram, percdamp=0.01)
-    monkeypatch.setattr(torch.linalg, "cholesky_ex", real)
+    monkeypatch.undo()  # (only the fake was set here)
     assert result.damp == pytest.approx(0.1)
-    mean = float(gram.diagonal().double().mean())
-    assert torch.allclose(calls[1], gram.diagonal().double() + 0.1 * mean)  # not 0.01 + 0.1 stacked
-    assert torch.equal(result.factor, inverse_hessian_factor(gram, percdamp=0.1).factor)
+    assert torch.equal(result.factor, inverse_hessian_factor(gram, percdamp=0.1).factor)  # H rebuilt, damped afresh
 
 
-def test_an_inverse_that_does_not_factor_after_an_in_place_start_is_a_config_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(obs_module, "FLOAT64_MAX_INPUTS", 16)
+@pytest.mark.parametrize("stage_fails", ["cholesky", "inverse's factor"])
+def test_a_failed_try_in_the_grams_own_memory_is_a_spent_gram(monkeypatch: pytest.MonkeyPatch,
+                                                               stage_fails: str) -> None:
+    monkeypatch.setattr(obs_module, "FLOAT64_MAX_INPUTS", 16)  # float32: H in the Gram's memory
     _, _, gram = correlated_problem(cols=64)
-    real = torch.linalg.cholesky_ex
-
-    def upper_fails(h: torch.Tensor, *, upper: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        factor, info = real(h, upper=upper)
-        return (factor, torch.tensor(1)) if upper else (factor, info)
-
-    monkeypatch.setattr(torch.linalg, "cholesky_ex", upper_fails)
-    with pytest.raises(ConfigError, match="overwritten"):
+    failing = _failing(torch.linalg.cholesky_ex, lambda upper, call: upper == (stage_fails != "cholesky"))
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", failing)
+    with pytest.raises(GramSpentError, match="overwritten"):
         inverse_hessian_factor(gram.clone(), percdamp=0.01, overwrite=True)
     with pytest.raises(ConfigError, match="not positive definite"):  # without overwrite: H rebuilt, damping raised
         inverse_hessian_factor(gram, percdamp=0.01)
