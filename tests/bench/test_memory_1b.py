@@ -6,6 +6,7 @@ import json
 import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,8 @@ def test_the_first_blocks_are_built_with_the_whole_models_low_memory_setting(
     from common.settings import get_settings
 
     loaded = load_model("tiny-llama")
-    loaded.model.save_pretrained(tmp_path / "model", safe_serialization=True)
+    model: Any = loaded.model
+    model.save_pretrained(tmp_path / "model", safe_serialization=True)
     loaded.tokenizer.save_pretrained(tmp_path / "model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(get_settings(), "in_memory_caches_max_bytes", low_memory_limit)
