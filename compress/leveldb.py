@@ -8,8 +8,11 @@ together; applying a config is then loading stored tensors.
 On disk (under the session's cache directory by default, so every study and worker on the machine
 shares it): ``manifest.json`` (model and calibration fingerprints, operator, grid, and per finished
 layer its levels, file size and sha256) and one safetensors file per layer, tensors ``<level>.<part>``.
-A build goes layer by layer (peak memory: one layer's working set), writes each file atomically and
-records it in the manifest at once, so a killed build resumes where it stopped. Float tensors are
+A build goes layer by layer, writes each file atomically and records it in the manifest at once, so a
+killed build resumes where it stopped. Peak memory is one layer's working set: its Gram, read afresh
+and turned into the inverse Hessian factor in its own memory (``LevelOperator.prepare``, once per
+layer, shared by all its levels), the dense weight in float32, and one level at a time (each level
+goes to a spool file as soon as it is computed, ``compress.spooled_safetensors``). Float tensors are
 stored in bfloat16 or float16 when that is bit-exact, else float32 (SparseGPT's updated weights never
 are; GPTQ stores uint8 codes).
 
@@ -32,14 +35,17 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from common.errors import ConfigError, SlimscoutError
+from compress import heap
 from compress.layers import LinearLayer
 from compress.operators import gptq as gptq_operator
 from compress.operators import sparsegpt as sparsegpt_operator
 from compress.ops import QuantizedWeight, default_group_size, gptq, pruned_per_row, sparsegpt
+from compress.ops.gptq import act_order_perm
+from compress.ops.obs import GramSpentError, InverseHessian, inverse_hessian_factor
+from compress.spooled_safetensors import SpooledSafetensors
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -148,7 +154,13 @@ class LevelOperator(Protocol):
 
     percdamp: float  # Hessian dampening: part of the database's identity
 
-    def encode(self, weight: Tensor, gram: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]: ...
+    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]], *,
+                overwrite: bool = True) -> InverseHessian:
+        """What all ``levels`` of a layer share, from its Gram (which, with ``overwrite``, this may use
+        up: the caller's own copy; ``GramSpentError`` when it was, in vain)."""
+        ...
+
+    def encode(self, weight: Tensor, prepared: InverseHessian, params: Mapping[str, Any]) -> dict[str, Tensor]: ...
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor: ...
 
@@ -156,8 +168,12 @@ class LevelOperator(Protocol):
 class SparseGPTLevels:
     percdamp = sparsegpt_operator.DAMPENING  # the operator's, so a level equals the operator at that setting
 
-    def encode(self, weight: Tensor, gram: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
-        return {"weight": sparsegpt(weight, gram, sparsity=params["sparsity"], percdamp=self.percdamp)}
+    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]], *,
+                overwrite: bool = True) -> InverseHessian:
+        return inverse_hessian_factor(gram, percdamp=self.percdamp, overwrite=overwrite)
+
+    def encode(self, weight: Tensor, prepared: InverseHessian, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"weight": sparsegpt(weight, prepared, sparsity=params["sparsity"])}
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor:
         return tensors["weight"]
@@ -166,9 +182,17 @@ class SparseGPTLevels:
 class GPTQLevels:
     percdamp = gptq_operator.DAMPENING
 
-    def encode(self, weight: Tensor, gram: Tensor, params: Mapping[str, Any]) -> dict[str, Tensor]:
-        q = gptq(weight, gram, bits=params["bits"], group_size=params["group_size"],
-                 act_order=params["act_order"], percdamp=self.percdamp).quantized
+    def prepare(self, gram: Tensor, levels: Mapping[int, Mapping[str, Any]], *,
+                overwrite: bool = True) -> InverseHessian:
+        orders = {bool(params["act_order"]) for params in levels.values()}
+        if len(orders) != 1:
+            raise ValueError("all levels of a layer must share act_order (they share one inverse Hessian)")
+        perm = act_order_perm(gram).cpu() if orders.pop() else None
+        return inverse_hessian_factor(gram, percdamp=self.percdamp, perm=perm, overwrite=overwrite)
+
+    def encode(self, weight: Tensor, prepared: InverseHessian, params: Mapping[str, Any]) -> dict[str, Tensor]:
+        q = gptq(weight, prepared, bits=params["bits"], group_size=params["group_size"],
+                 act_order=params["act_order"]).quantized
         return {"codes": q.codes, "scales": q.scales, "zeros": q.zeros}
 
     def decode(self, tensors: Mapping[str, Tensor], params: Mapping[str, Any]) -> Tensor:
@@ -258,16 +282,20 @@ class LevelDatabase:
             name = layer.name
             if not db._intact(name):
                 manifest["layers"].pop(name, None)
-                tensors: dict[str, Tensor] = {}
-                dense, gram = session.dense_weight(name), stats.gram(name)  # read once per layer, not per level
-                for level, params in levels[name].items():
-                    for part, tensor in op.encode(dense, gram, params).items():
-                        tensors[f"{level}.{part}"] = narrowest_exact(tensor.detach().cpu()).contiguous()
+                try:  # once per layer, in the Gram's own memory
+                    prepared = op.prepare(stats.owned_gram(name), levels[name])
+                except GramSpentError:  # not at the first damping: again, from a copy that can be retried
+                    prepared = op.prepare(stats.owned_gram(name), levels[name], overwrite=False)
+                dense = session.stored_dense_weight(name)  # the operators make their own float32 copy
                 file = db._file(name)
                 tmp = file.with_name(f".{file.name}.{time.monotonic_ns()}.tmp")
-                save_file(tensors, str(tmp), metadata={"layer": name})
+                with SpooledSafetensors(tmp, metadata={"layer": name}) as out:
+                    for level, params in levels[name].items():
+                        for part, tensor in op.encode(dense, prepared, params).items():
+                            out.add(f"{level}.{part}", narrowest_exact(tensor.detach().cpu()))
                 tmp.replace(file)
-                del tensors, dense, gram
+                del prepared, dense
+                heap.trim()
                 manifest["layers"][name] = {
                     "levels": {str(level): params for level, params in levels[name].items()},
                     "bytes": file.stat().st_size,

@@ -168,6 +168,11 @@ class ModelSession:
         """Layer ``name``'s dense weight, float32, on the model's device (maybe the session's copy: do not modify)."""
         return self._dense.get(name).float()
 
+    def stored_dense_weight(self, name: str) -> torch.Tensor:
+        """Like ``dense_weight``, but in the model's own dtype: for code that makes its own float32 copy
+        anyway (a bfloat16 model's weight is then not copied twice; maybe the module's own tensor)."""
+        return self._dense.get(name)
+
     def handler_cache(self, owner: str) -> dict[str, object]:
         """A per-session dict a handler keeps its own state in (e.g. a loaded level database)."""
         return self._handler_caches.setdefault(owner, {})

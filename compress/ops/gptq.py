@@ -16,7 +16,7 @@ from torch import Tensor
 
 from common.errors import ConfigError
 
-from .obs import inverse_hessian_factor, obs_sweep
+from .obs import InverseHessian, inverse_hessian_factor, obs_sweep
 
 GPTQ_BITS: tuple[int, ...] = (2, 3, 4, 8)
 GROUP_SIZES: tuple[int, ...] = (128, 64)
@@ -132,9 +132,14 @@ class GPTQResult:
     quantized: QuantizedWeight
 
 
+def act_order_perm(hessian: Tensor) -> Tensor:
+    """GPTQ's act-order: the inputs by decreasing Hessian diagonal (largest activations first)."""
+    return torch.argsort(hessian.diagonal(), descending=True, stable=True)
+
+
 def gptq(
     weight: Tensor,
-    hessian: Tensor,
+    hessian: Tensor | InverseHessian,
     *,
     bits: int,
     group_size: int,
@@ -153,25 +158,37 @@ def gptq(
     ``act_order`` sweeps the inputs by decreasing Hessian diagonal (largest activations first); it
     needs static groups, which stay in the original column order, so the stored format is one
     scale per run of ``group_size`` inputs either way.
+
+    ``hessian``: the calibration Gram, or its ``inverse_hessian_factor`` already computed (with
+    ``perm=act_order_perm(gram)`` for ``act_order``; ``percdamp`` is then the one it was computed
+    with, and several bit widths of a layer share it).
     """
     if act_order and not static_groups:
         raise ValueError("act_order needs static_groups (the groups stay in the original column order)")
-    if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+    prepared = hessian if isinstance(hessian, InverseHessian) else None
+    shape = hessian.factor.shape if isinstance(hessian, InverseHessian) else hessian.shape
+    if weight.dim() != 2 or shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"hessian must be [{weight.shape[-1]}, {weight.shape[-1]}] for weight "
-                         f"{tuple(weight.shape)}, got {tuple(hessian.shape)}")
+                         f"{tuple(weight.shape)}, got {tuple(shape)}")
+    if prepared is not None and (prepared.perm is not None) != act_order:
+        raise ValueError(f"act_order={act_order} needs an inverse Hessian factored "
+                         f"{'in act-order' if act_order else 'in the natural input order'}")
     rows, cols = weight.shape
     grid = GroupGrid(rows, cols, bits, group_size, symmetric=symmetric, device=weight.device)
     blocksize = -(-blocksize // group_size) * group_size  # a group never straddles two blocks
     w = weight.detach().float()
     if static_groups:
         grid.fit_all(w)
+    if prepared is None:
+        assert isinstance(hessian, Tensor)
+        perm = act_order_perm(hessian).cpu() if act_order else None
+        prepared = inverse_hessian_factor(hessian, percdamp=percdamp, perm=perm)
     if not act_order:
-        inverse = inverse_hessian_factor(hessian, percdamp=percdamp)
-        out, _ = obs_sweep(w, inverse, blocksize=blocksize, grid=grid)
+        out, _ = obs_sweep(w, prepared, blocksize=blocksize, grid=grid)
     else:
-        perm = torch.argsort(hessian.diagonal(), descending=True, stable=True).to(weight.device)
-        inverse = inverse_hessian_factor(hessian, percdamp=percdamp, perm=perm.cpu())
-        swept, _ = obs_sweep(w[:, perm], inverse, blocksize=blocksize, grid=grid, columns=perm)
+        assert prepared.perm is not None
+        perm = prepared.perm.to(weight.device)
+        swept, _ = obs_sweep(w[:, perm], prepared, blocksize=blocksize, grid=grid, columns=perm)
         out = torch.empty_like(swept)
         out[:, perm] = swept
     quantized = grid.result()

@@ -17,6 +17,22 @@ from torch import Tensor
 from common.errors import ConfigError
 
 _MAX_DAMP_TRIES = 6
+# Up to this many inputs the factorisation runs in float64 (an [in, in] matrix: 128 MB at 4096);
+# wider layers (a 1B Llama's 8192-input down_proj: 0.5 GB per float64 matrix) run in float32, as
+# the reference SparseGPT and GPTQ code does for every layer. Forced on 21 layers of smollm2-135m,
+# the float32 factor changed the relative output error by at most 8e-5 of itself (SparseGPT, keep
+# 0.5) and 3e-4 (GPTQ 4-bit): bench/results/memory/precision.json.
+FLOAT64_MAX_INPUTS = 4096
+
+
+def factor_dtype(inputs: int) -> torch.dtype:
+    """The dtype the inverse Hessian of a layer with ``inputs`` inputs is factored in."""
+    return torch.float64 if inputs <= FLOAT64_MAX_INPUTS else torch.float32
+
+
+class GramSpentError(ConfigError):
+    """H did not factor at the first damping and was being factored in the caller's Gram (``overwrite``):
+    there is nothing left to retry from. Call again on a fresh copy of the Gram without ``overwrite``."""
 
 
 @dataclass(frozen=True)
@@ -24,47 +40,65 @@ class InverseHessian:
     factor: Tensor  # [in, in] float32, upper-triangular Cholesky factor of (H + λI)⁻¹
     dead: Tensor  # [in] bool: inputs that are zero on every calibration token
     damp: float  # the λ / mean(diag H) finally used (raised ×10 until H + λI factors)
+    perm: Tensor | None = None  # the input order it was factored in (GPTQ's act-order), if not the natural one
 
 
-def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor | None = None) -> InverseHessian:
+def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor | None = None,
+                           overwrite: bool = False) -> InverseHessian:
     """Upper Cholesky factor of (H + λI)⁻¹ with λ = ``percdamp`` · mean(diag H).
 
     Dead inputs (zero diagonal) get H_jj = 1, so they are independent of everything and cost
     nothing to change. If H + λI is still not positive definite (a Gram of fewer tokens than
     inputs, rounding), λ is raised tenfold, a few times, before giving up with a ConfigError.
-    ``perm`` reorders the inputs first (GPTQ's act-order).
+    ``perm`` reorders the inputs first (GPTQ's act-order). The factorisation runs in
+    ``factor_dtype(in)``.
+
+    Memory: one [in, in] matrix of that dtype besides ``gram``: the Cholesky factor, the inverse
+    and its factor are each computed in place, in H's memory (a few MB of LAPACK workspace). With
+    ``overwrite`` (the caller no longer needs the Gram), H is formed in ``gram``'s own memory when it
+    already has that dtype and no ``perm`` is given: nothing more than the Gram, which then holds the
+    returned factor. A failed try cannot be retried then: ``GramSpentError``.
     """
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"hessian must be square [in, in], got shape {tuple(gram.shape)}")
     if percdamp <= 0:
         raise ValueError(f"percdamp must be > 0, got {percdamp}")
+    dtype = factor_dtype(gram.shape[0])
     dead = gram.diagonal() <= 0
     if perm is not None:
         dead = dead[perm]
+    in_place = overwrite and perm is None and gram.dtype == dtype
+    h: Tensor | None = _prepared_hessian(gram, dead, perm, dtype, in_place=in_place)
+    assert h is not None
+    undamped = h.diagonal().clone()  # each try damps this diagonal afresh
+    mean = float(undamped.mean())
     damp = percdamp
-    # At most two [in, in] float64 matrices alive at a time (8192 inputs: 0.5 GB each): each try
-    # rebuilds H from the Gram rather than keeping a copy to retry from.
+    info = torch.zeros((), dtype=torch.int32, device=gram.device)
     for _ in range(_MAX_DAMP_TRIES):
-        h = _prepared_hessian(gram, dead, perm)
-        diag = h.diagonal()
-        mean = float(diag.mean())
-        diag.add_(damp * mean)
-        chol, info = torch.linalg.cholesky_ex(h)
-        del h, diag
+        if h is None:  # the last try overwrote H: H again, from the Gram
+            if in_place:
+                raise GramSpentError("hessian", f"the damped calibration Hessian did not factor at damping "
+                                                f"{damp / 10:g} ({dtype}) and its Gram was overwritten")
+            h = _prepared_hessian(gram, dead, perm, dtype, in_place=False)
+        h.diagonal().copy_(undamped + damp * mean)
+        # H is symmetric, so h.mT holds it column-major, as LAPACK works: each step runs in that
+        # memory (into a row-major h, torch would go by a temporary copy of the whole matrix).
+        a = h.mT
+        torch.linalg.cholesky_ex(a, out=(a, info))
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(chol)
-            del chol
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
+            torch.cholesky_inverse(a, out=a)
+            torch.linalg.cholesky_ex(a, upper=True, out=(a, info))
             if int(info) == 0:
-                return InverseHessian(upper.float(), dead, damp)
+                return InverseHessian(a.float(), dead, damp, perm)
+        h = None
         damp *= 10.0
     raise ConfigError("hessian", f"the calibration Hessian is not positive definite even with damping {damp / 10:g}")
 
 
-def _prepared_hessian(gram: Tensor, dead: Tensor, perm: Tensor | None) -> Tensor:
-    """H in float64 (a fresh copy), permuted, dead inputs cut loose with H_jj = 1."""
-    h = gram.detach().to(torch.float64, copy=True)
+def _prepared_hessian(gram: Tensor, dead: Tensor, perm: Tensor | None, dtype: torch.dtype, *,
+                      in_place: bool) -> Tensor:
+    """H in ``dtype`` (a fresh copy, or ``gram`` itself when ``in_place``), permuted, dead inputs cut loose."""
+    h = gram.detach() if in_place else gram.detach().to(dtype, copy=True)
     if perm is not None:
         h = h[perm][:, perm]
     h[dead, :] = 0.0
@@ -110,7 +144,7 @@ def obs_sweep(
     of M columns when the sweep reaches it. ``columns`` maps sweep positions to the grid's column
     indices (act-order); ``grid`` rounds the kept weights onto the quantisation grid.
     """
-    w = weight.detach().float().clone()
+    w = weight.detach().to(torch.float32, copy=True)  # one copy, whatever the weight's dtype
     rows, cols = w.shape
     hinv = inverse.factor.to(w.device)
     diag = hinv.diagonal()
@@ -132,12 +166,7 @@ def obs_sweep(
         h1 = hinv[i1:i2, i1:i2]
         prune1 = torch.zeros((rows, count), dtype=torch.bool, device=w.device)
         if remaining is not None:
-            score = w[:, i1:].square() / diag[i1:].square()[None, :]
-            score[:, dead[i1:]] = -1.0
-            order = torch.argsort(score, dim=1, stable=True)
-            positions = torch.arange(cols - i1, device=w.device).expand_as(order)
-            ranks = torch.empty_like(order).scatter_(1, order, positions)
-            prune1 = ranks[:, :count] < remaining[:, None]
+            prune1 = _block_prune(w[:, i1:], diag[i1:], dead[i1:], count, remaining)
             remaining -= prune1.sum(dim=1)
         for i in range(count):
             if nm is not None and i % nm[1] == 0:
@@ -161,3 +190,25 @@ def obs_sweep(
         keep[:, i1:i2] = ~prune1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return w, keep
+
+
+_RANK_ELEMENTS = 1 << 22  # weights ranked at once: a few [rows, cols] int64 temporaries would be 0.4 GB at 2048x8192
+
+
+def _block_prune(w: Tensor, diag: Tensor, dead: Tensor, count: int, remaining: Tensor) -> Tensor:
+    """Which of the first ``count`` columns of ``w`` each row prunes: those among its ``remaining``
+    lowest w² / [H⁻¹]_jj² (dead inputs lowest, ties by position). Ranked a band of rows at a time
+    (each row on its own, so the result is the same), to bound the sort's temporaries."""
+    rows, cols = w.shape
+    prune = torch.empty((rows, count), dtype=torch.bool, device=w.device)
+    band = max(1, _RANK_ELEMENTS // cols)
+    scale = diag.square()[None, :]
+    for r1 in range(0, rows, band):
+        r2 = min(r1 + band, rows)
+        score = w[r1:r2].square() / scale
+        score[:, dead] = -1.0
+        order = torch.argsort(score, dim=1, stable=True)
+        positions = torch.arange(cols, device=w.device).expand_as(order)
+        ranks = torch.empty_like(order).scatter_(1, order, positions)
+        prune[r1:r2] = ranks[:, :count] < remaining[r1:r2, None]
+    return prune

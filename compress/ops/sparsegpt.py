@@ -13,7 +13,7 @@ from torch import Tensor
 from common.errors import ConfigError
 
 from .gptq import GroupGrid, QuantizedWeight
-from .obs import inverse_hessian_factor, obs_sweep
+from .obs import InverseHessian, inverse_hessian_factor, obs_sweep
 from .sparsity import pruned_per_row
 
 
@@ -26,7 +26,7 @@ class SparseGPTResult:
 
 def sparsegpt_result(
     weight: Tensor,
-    hessian: Tensor,
+    hessian: Tensor | InverseHessian,
     *,
     sparsity: float | None = None,
     nm: tuple[int, int] | None = None,
@@ -35,12 +35,19 @@ def sparsegpt_result(
     quant: tuple[int, int] | None = None,
     symmetric: bool = True,
 ) -> SparseGPTResult:
-    """SparseGPT at ``sparsity`` (unstructured) or ``nm`` = (N kept, M); ``quant`` = (bits, group_size)."""
+    """SparseGPT at ``sparsity`` (unstructured) or ``nm`` = (N kept, M); ``quant`` = (bits, group_size).
+
+    ``hessian``: the calibration Gram, or its ``inverse_hessian_factor`` already computed (then
+    ``percdamp`` is the one it was computed with, and several settings of a layer share it).
+    """
     if (sparsity is None) == (nm is None):
         raise ValueError("give exactly one of sparsity (unstructured) or nm (N:M)")
-    if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
+    shape = hessian.factor.shape if isinstance(hessian, InverseHessian) else hessian.shape
+    if weight.dim() != 2 or shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"hessian must be [{weight.shape[-1]}, {weight.shape[-1]}] for weight "
-                         f"{tuple(weight.shape)}, got {tuple(hessian.shape)}")
+                         f"{tuple(weight.shape)}, got {tuple(shape)}")
+    if isinstance(hessian, InverseHessian) and hessian.perm is not None:
+        raise ValueError("SparseGPT sweeps the inputs in their own order; this inverse Hessian is permuted")
     rows, cols = weight.shape
     if nm is not None:
         n, m = nm
@@ -52,7 +59,7 @@ def sparsegpt_result(
     if quant is not None:
         grid = GroupGrid(rows, cols, quant[0], quant[1], symmetric=symmetric, device=weight.device)
         blocksize = -(-blocksize // quant[1]) * quant[1]
-    inverse = inverse_hessian_factor(hessian, percdamp=percdamp)
+    inverse = hessian if isinstance(hessian, InverseHessian) else inverse_hessian_factor(hessian, percdamp=percdamp)
     prune = pruned_per_row(cols, sparsity) if sparsity is not None else None
     out, keep = obs_sweep(weight, inverse, blocksize=blocksize, prune_per_row=prune, nm=nm, grid=grid)
     return SparseGPTResult(out, keep, grid.result() if grid is not None else None)
@@ -60,7 +67,7 @@ def sparsegpt_result(
 
 def sparsegpt(
     weight: Tensor,
-    hessian: Tensor,
+    hessian: Tensor | InverseHessian,
     *,
     sparsity: float | None = None,
     nm: tuple[int, int] | None = None,

@@ -27,9 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from compress.heap import fix_mmap_threshold
     from compress.leveldb import BitsGrid, KeepGrid, LevelDatabase, LevelGrid
     from compress.session import ModelSession
 
+    fix_mmap_threshold()  # freed tensors leave the process at once (compress.heap)
     grid: LevelGrid = (KeepGrid(keep=args.keep, levels=args.levels, step=args.step) if args.operator == "sparsegpt"
                        else BitsGrid(bits=tuple(args.bits), group_size=args.group_size))
     note(f"loading {args.model} …")

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compress import calibration as calibration_module
 from compress.calibration import CalibrationStats, GramFiles, _blocks, collect_stats
 from compress.catalog import load_model
 from compress.data import token_stream
@@ -33,8 +34,11 @@ def _whole_model_grams(model: torch.nn.Module, names: list[str], tokens: torch.T
     return grams
 
 
-@pytest.mark.parametrize("model_id", ["tiny-llama", "tiny-bert"])
-def test_block_by_block_grams_equal_whole_model_grams(model_id: str) -> None:
+@pytest.mark.parametrize(("model_id", "float64_max_inputs"),
+                         [("tiny-llama", 4096), ("tiny-bert", 4096), ("tiny-llama", 0)])  # 0: float32 sums only
+def test_block_by_block_grams_equal_whole_model_grams(model_id: str, float64_max_inputs: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calibration_module, "FLOAT64_MAX_INPUTS", float64_max_inputs)
     loaded = load_model(model_id)
     layers = linear_layers(loaded.model)
     assert _blocks(loaded.model, layers) is not None  # the block-by-block path is the one under test
@@ -74,3 +78,21 @@ def test_on_disk_stats_read_one_block_at_a_time(tmp_path: Path) -> None:
     assert again.grams._loaded == {}  # nothing kept: each read comes from its file
     (tmp_path / "index.json").unlink()  # an unfinished collection is no collection
     assert CalibrationStats.load(tmp_path, keep_in_memory=True, device=torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("keep_in_memory", [True, False])
+def test_an_owned_gram_is_the_callers_to_overwrite(tmp_path: Path, keep_in_memory: bool) -> None:
+    loaded = load_model("tiny-llama")
+    layers = linear_layers(loaded.model)
+    tokens = token_stream("lee-news", "calibration", loaded.tokenizer).ids[:256]
+    stats = CalibrationStats.collect_to(tmp_path, loaded.model, layers, tokens, keep_in_memory=keep_in_memory)
+    name = layers[0].name
+    before = stats.gram(name).clone()
+    owned = stats.owned_gram(name)
+    assert torch.equal(owned, before)
+    owned.zero_()
+    assert torch.equal(stats.gram(name), before)
+    in_memory = CalibrationStats(dict(stats.grams), stats.leader, stats.n_tokens, stats.seconds)  # a plain dict
+    owned = in_memory.owned_gram(name)
+    owned.zero_()
+    assert torch.equal(in_memory.gram(name), before)

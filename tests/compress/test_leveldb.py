@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from compress.leveldb import (
 )
 from compress.operators import gptq as gptq_operator
 from compress.operators import sparsegpt as sparsegpt_operator
-from compress.ops import gptq, pruned_per_row, sparsegpt
+from compress.ops import gptq, obs, pruned_per_row, sparsegpt
 from compress.session import ModelSession
 
 
@@ -70,6 +71,61 @@ def test_gptq_levels_decode_to_the_operator_result(session: ModelSession) -> Non
     assert db.levels(name) == [3, 4]
     with pytest.raises(ConfigError, match="level 8 is not in the database grid"):
         db.weight(name, 8)
+
+
+@pytest.mark.parametrize("low_memory", [False, True])  # Grams kept in memory, or read afresh from disk
+def test_wide_layers_factored_in_place_match_the_operator_and_spare_the_sessions_grams(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, low_memory: bool) -> None:
+    monkeypatch.setattr(obs, "FLOAT64_MAX_INPUTS", 0)  # every layer counts as wide: float32, H in the Gram's memory
+    session = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=512, low_memory=low_memory)
+    stats = session.stats()
+    before = {layer.name: stats.gram(layer.name).clone() for layer in session.layers}
+    db = LevelDatabase.build(session, "sparsegpt", GRID)
+    for layer in session.layers:
+        assert torch.equal(stats.gram(layer.name), before[layer.name]), layer.name
+        for level, params in db.manifest["layers"][layer.name]["levels"].items():
+            expected = sparsegpt(session.dense_weight(layer.name), before[layer.name], sparsity=params["sparsity"],
+                                 percdamp=sparsegpt_operator.DAMPENING)
+            assert torch.equal(db.weight(layer.name, int(level)), expected), (layer.name, level)
+    quantized = LevelDatabase.build(session, "gptq", BitsGrid(bits=(4,), group_size=32, act_order=True))
+    name = session.layers[-1].name
+    assert torch.equal(quantized.weight(name, 4), gptq(session.dense_weight(name), before[name], bits=4, group_size=32,
+                                                       act_order=True, percdamp=gptq_operator.DAMPENING).weight)
+    assert torch.equal(stats.gram(name), before[name])
+
+
+def test_a_layer_whose_hessian_fails_in_the_grams_memory_is_retried_from_a_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(obs, "FLOAT64_MAX_INPUTS", 0)  # float32 everywhere: H factored in the Gram's memory
+    session = ModelSession(load_model("tiny-llama"), cache_dir=tmp_path, calibration_tokens=256)
+    gram = session.stats().gram
+    real, calls = torch.linalg.cholesky_ex, [0]
+
+    def first_fails(a: torch.Tensor, *, upper: bool = False, out: Any = None) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:  # the first layer's first try
+            out[1].fill_(1)
+            return out
+        return real(a, upper=upper, out=out)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", first_fails)
+    db = LevelDatabase.build(session, "sparsegpt", KeepGrid(keep=0.5, levels=0))
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", real)
+    assert calls[0] > 1 and db.built_layers == [layer.name for layer in session.layers]
+    first = session.layers[0].name
+    expected = sparsegpt(session.dense_weight(first), gram(first), sparsity=0.5, percdamp=sparsegpt_operator.DAMPENING)
+    assert torch.equal(db.weight(first, 0), expected)  # the retry, from a copy, at the first damping
+
+
+def test_a_bfloat16_models_levels_equal_the_operator_on_its_float32_weight(tmp_path: Path) -> None:
+    session = ModelSession(load_model("tiny-llama", dtype="bfloat16"), cache_dir=tmp_path, calibration_tokens=256)
+    db = LevelDatabase.build(session, "sparsegpt", KeepGrid(keep=0.5, levels=0))
+    gram = session.stats().gram
+    for layer in session.layers[:7]:
+        sparsity = db.manifest["layers"][layer.name]["levels"]["0"]["sparsity"]
+        expected = sparsegpt(session.dense_weight(layer.name), gram(layer.name), sparsity=sparsity,
+                             percdamp=sparsegpt_operator.DAMPENING)
+        assert torch.equal(db.weight(layer.name, 0), expected), layer.name
 
 
 def test_a_killed_build_resumes_without_redoing_finished_layers(session: ModelSession) -> None:
