@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +18,9 @@ from compress.layers import LinearLayer
 from compress.leveldb import KeepGrid
 from compress.registry import DENSE_BITS
 from search.context import Workbench
-from search.levels import BitsLevels, RankLevels, SparsityLevels, level_space
+from search.levels import BitsLevels, Levels, RankLevels, SparsityLevels, level_space
 from search.runner import run_search
-from search.space import to_config
+from search.space import SearchSpace, to_config
 from search.spec import StudySpec
 from search.strategies.evolve import SOURCE
 from search.study import best_trial, load_study
@@ -35,19 +36,23 @@ def _start(bench: Workbench, spec: StudySpec) -> CompressionConfig:
     return uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config
 
 
+def _seeded_space(fields: dict[str, Any]) -> tuple[SearchSpace, Levels, CompressionConfig]:
+    """A study spec's search space, its level space, and the uniform allocation's config (the seed)."""
+    bench = Workbench()
+    spec = StudySpec(**fields)
+    space = bench.space(spec)
+    return space, level_space(space, 4), _start(bench, spec)
+
+
 def _pairs(child: np.ndarray, parent: np.ndarray) -> tuple[int, int]:
     """Layers moved down and up."""
     return int((child < parent).sum()), int((child > parent).sum())
 
 
 def test_rank_mutations_keep_the_kept_weights_exactly_within_the_rank_range() -> None:
-    bench = Workbench()
-    spec = StudySpec(**LOWRANK)  # type: ignore[arg-type]
-    space = bench.space(spec)
-    levels = level_space(space, 4)
+    space, levels, seed = _seeded_space(LOWRANK)
     assert isinstance(levels, RankLevels)
     layers = list(space.layers)
-    seed = _start(bench, spec)
     start = levels.read(seed)
     kept = model_cost(layers, dict(seed.layers)).params  # compress.accounting's count, not the level space's
     assert levels.cost(start) == kept
@@ -107,13 +112,9 @@ def test_rank_exchanges_on_smollm2_shapes_trade_about_the_evopress_step() -> Non
 
 
 def test_bits_mutations_keep_the_stored_bits_exactly() -> None:
-    bench = Workbench()
-    spec = StudySpec(**BITS)  # type: ignore[arg-type]
-    space = bench.space(spec)
-    levels = level_space(space, 4)
+    space, levels, seed = _seeded_space(BITS)
     assert isinstance(levels, BitsLevels)
     layers = list(space.layers)
-    seed = _start(bench, spec)
     assert levels.on_grid(seed)
     start = levels.read(seed)
     stored = 8 * model_cost(layers, dict(seed.layers)).bytes  # every scale, as compress.accounting counts
