@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,9 +47,7 @@ class SpooledSafetensors:
         """Spool ``tensor`` (a CPU tensor of a dtype safetensors knows); the caller may drop it at once."""
         if name in self._entries or name == "__metadata__":
             raise ValueError(f"tensor name {name!r} is taken")
-        if tensor.dtype not in _DTYPES:
-            raise ValueError(f"safetensors has no dtype for {tensor.dtype}")
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = _bytes_of(tensor)
         start = self._spool.tell()
         self._spool.write(data.data)
         self._entries[name] = (_DTYPES[tensor.dtype], list(tensor.shape), start, data.nbytes, tensor.element_size())
@@ -82,16 +81,20 @@ def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     views = {}
     entries = {}
     for name, tensor in tensors.items():
-        if tensor.dtype not in _DTYPES:
-            raise ValueError(f"safetensors has no dtype for {tensor.dtype}")
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        views[name] = data
+        data = views[name] = _bytes_of(tensor)
         entries[name] = (_DTYPES[tensor.dtype], list(tensor.shape), data.nbytes, tensor.element_size())
     order = _order(entries)
     with Path(path).open("wb") as out:
         out.write(_header(entries, order, dict(metadata or {})))
         for name in order:
             out.write(views[name].data)
+
+
+def _bytes_of(tensor: Tensor) -> np.ndarray:
+    """The tensor's bytes as a flat uint8 array (its own memory when it is a contiguous CPU tensor)."""
+    if tensor.dtype not in _DTYPES:
+        raise ValueError(f"safetensors has no dtype for {tensor.dtype}")
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def _order(entries: dict[str, tuple[str, list[int], int, int]]) -> list[str]:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from common.errors import ConfigError
 
-from .obs import InverseHessian, inverse_hessian_factor, obs_sweep
+from .obs import InverseHessian, check_hessian_shape, inverse_hessian_factor, obs_sweep
 
 GPTQ_BITS: tuple[int, ...] = (2, 3, 4, 8)
 GROUP_SIZES: tuple[int, ...] = (128, 64)
@@ -166,10 +166,7 @@ def gptq(
     if act_order and not static_groups:
         raise ValueError("act_order needs static_groups (the groups stay in the original column order)")
     prepared = hessian if isinstance(hessian, InverseHessian) else None
-    shape = hessian.factor.shape if isinstance(hessian, InverseHessian) else hessian.shape
-    if weight.dim() != 2 or shape != (weight.shape[1], weight.shape[1]):
-        raise ValueError(f"hessian must be [{weight.shape[-1]}, {weight.shape[-1]}] for weight "
-                         f"{tuple(weight.shape)}, got {tuple(shape)}")
+    check_hessian_shape(weight, hessian)
     if prepared is not None and (prepared.perm is not None) != act_order:
         raise ValueError(f"act_order={act_order} needs an inverse Hessian factored "
                          f"{'in act-order' if act_order else 'in the natural input order'}")

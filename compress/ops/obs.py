@@ -43,6 +43,14 @@ class InverseHessian:
     perm: Tensor | None = None  # the input order it was factored in (GPTQ's act-order), if not the natural one
 
 
+def check_hessian_shape(weight: Tensor, hessian: Tensor | InverseHessian) -> None:
+    """ValueError unless ``hessian`` (a Gram, or its factor) is [in, in] for the 2-D ``weight`` [out, in]."""
+    shape = hessian.factor.shape if isinstance(hessian, InverseHessian) else hessian.shape
+    if weight.dim() != 2 or shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"hessian must be [{weight.shape[-1]}, {weight.shape[-1]}] for weight "
+                         f"{tuple(weight.shape)}, got {tuple(shape)}")
+
+
 def inverse_hessian_factor(gram: Tensor, *, percdamp: float = 0.01, perm: Tensor | None = None,
                            overwrite: bool = False) -> InverseHessian:
     """Upper Cholesky factor of (H + λI)⁻¹ with λ = ``percdamp`` · mean(diag H).

@@ -13,7 +13,7 @@ from torch import Tensor
 from common.errors import ConfigError
 
 from .gptq import GroupGrid, QuantizedWeight
-from .obs import InverseHessian, inverse_hessian_factor, obs_sweep
+from .obs import InverseHessian, check_hessian_shape, inverse_hessian_factor, obs_sweep
 from .sparsity import pruned_per_row
 
 
@@ -42,10 +42,7 @@ def sparsegpt_result(
     """
     if (sparsity is None) == (nm is None):
         raise ValueError("give exactly one of sparsity (unstructured) or nm (N:M)")
-    shape = hessian.factor.shape if isinstance(hessian, InverseHessian) else hessian.shape
-    if weight.dim() != 2 or shape != (weight.shape[1], weight.shape[1]):
-        raise ValueError(f"hessian must be [{weight.shape[-1]}, {weight.shape[-1]}] for weight "
-                         f"{tuple(weight.shape)}, got {tuple(shape)}")
+    check_hessian_shape(weight, hessian)
     if isinstance(hessian, InverseHessian) and hessian.perm is not None:
         raise ValueError("SparseGPT sweeps the inputs in their own order; this inverse Hessian is permuted")
     rows, cols = weight.shape
