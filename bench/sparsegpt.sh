@@ -3,10 +3,11 @@
 # 4,096 holdout tokens (the same evaluation as every quality row in BENCHMARKS.md).
 #   bash bench/sparsegpt.sh            → bench/results/sparsegpt/<method>-<operator>-<budget>.{config,holdout}.json
 #   RUNS="sensitivity sparsegpt 0.3,uniform wanda 0.3" bash bench/sparsegpt.sh   (runs separated by commas)
+#   OUT=DIR bash bench/sparsegpt.sh   (results elsewhere, e.g. per damping)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=bench/results/sparsegpt
+OUT=${OUT:-bench/results/sparsegpt}
 mkdir -p "$OUT"
 IFS=, read -r -a runs <<< "${RUNS:-uniform sparsegpt 0.4,uniform sparsegpt 0.5,uniform sparsegpt 0.3,sensitivity sparsegpt 0.4,sensitivity wanda 0.4}"
 for spec in "${runs[@]}"; do

@@ -15,6 +15,7 @@ from compress.config import CompressionConfig, config_from_dict
 from search.context import Workbench
 from search.optuna_adapter import SCREENING_ATTR, SETUP_ATTR, SETUP_PROGRESS_ATTR
 from search.spec import StudySpec
+from search.strategy_registry import get_strategy
 from search.study import best_trial, measured
 from search.trial_digest import digest
 from search.trial_digest import metrics as trial_metrics
@@ -45,7 +46,8 @@ def seed_study(
     A setup cut short (its worker died, or lost the database) is run again by another worker: the
     baselines already enqueued then are not enqueued twice. ``progress`` hears every step in
     real counts (``common.progress``): the model's loading, each baseline, the scans and training
-    runs the baselines need, and the caches (calibration statistics, factors, ranks) built on the way.
+    runs the baselines need, the caches (calibration statistics, factors, ranks) built on the way,
+    and the strategy's own setup (``Strategy.prepare``: evolve's level database).
     """
     if study.user_attrs.get(SETUP_ATTR):
         return {}
@@ -71,6 +73,7 @@ def seed_study(
             continue
         params = space.fit_params(result.allocation.keep, result.allocation.operators)
         study.enqueue_trial(params, user_attrs={"source": f"baseline:{method}", "seed_config": result.config.to_dict()})
+    get_strategy(spec.strategy).prepare(spec, bench, [r.config for r in results.values()], progress)
     scan = results.get("sensitivity")
     study.set_user_attr(
         "sensitivity_scan",

@@ -8,6 +8,10 @@ A strategy decides what the shared Optuna queue measures next, in two ways it ma
 - ``proposer``: a callable a worker runs when the queue is empty, before asking, that enqueues
   configs it picked (``proposer(study, spec, bench, counts)``); None for plain samplers.
 
+Its own setup work, if any, goes in ``prepare``, which the study's setup runs after the baseline
+seeds are built and before the first trial, reporting its progress like the rest of the setup
+(``evolve`` builds the level database around its seeds there). ``NothingToPrepare`` is the no-op.
+
 Adding a strategy is one module in ``search/strategies/`` exposing ``STRATEGY`` (a
 :class:`Strategy`) plus its line in ``STRATEGIES``. Study specs, the CLI and the API take their
 vocabulary from ``STRATEGY_NAMES``.
@@ -16,7 +20,7 @@ vocabulary from ``STRATEGY_NAMES``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,6 +29,9 @@ from common.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
+    from common.progress import StepProgress
+    from compress.config import CompressionConfig
+    from search.context import Workbench
     from search.spec import StudySpec
 
 #: ``proposer(study, spec, bench, counts)``: enqueue the next configs to measure; returns how many.
@@ -35,6 +42,20 @@ class Strategy(Protocol):
     def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler: ...
 
     def proposer(self) -> Proposer | None: ...
+
+    def prepare(self, spec: StudySpec, bench: Workbench, seeds: Sequence[CompressionConfig],
+                progress: StepProgress | None = None) -> None:
+        """Setup work before the first trial, given the study's baseline seed configs; idempotent
+        (a setup cut short runs again)."""
+        ...
+
+
+class NothingToPrepare:
+    """``Strategy.prepare`` for the strategies with no setup work of their own."""
+
+    def prepare(self, spec: StudySpec, bench: Workbench, seeds: Sequence[CompressionConfig],
+                progress: StepProgress | None = None) -> None:
+        return None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import functools
 import importlib
 
 from common.errors import ConfigError
+from compress.config import LayerConfig
 from compress.operators.base import LowRankHandler, QuantHandler, ScoreSparsity, SparsityHandler
 from compress.registry import Slot, method_info
 
@@ -63,6 +64,12 @@ def quant_handler(method: str) -> QuantHandler:
     if not isinstance(found, QuantHandler):
         raise _wrong("quant", method, found)
     return found
+
+
+def levelled(cfg: LayerConfig) -> bool:
+    """Whether warming ``cfg`` computes a per-(layer, setting) result (``SparsityHandler.levelled``)."""
+    return bool((cfg.sparsity is not None and sparsity_handler(cfg.sparsity.score).levelled)
+                or (cfg.quant is not None and quant_handler(cfg.quant.method).levelled))
 
 
 def score_handler(method: str) -> ScoreSparsity:

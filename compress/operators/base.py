@@ -101,6 +101,9 @@ class SparsityHandler(ABC):
 
     slot: ClassVar[str] = "sparsity"
     ranked: ClassVar[bool] = False  # True: a per-row score order exists (session fast path, proxy curves)
+    #: True: ``warm`` computes and keeps each (layer, setting) result, a level-database entry (SparseGPT);
+    #: a level search builds the entries around its seeds before its first trial (``search.strategies.evolve``)
+    levelled: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -173,6 +176,7 @@ class QuantHandler(ABC):
 
     slot: ClassVar[str] = "quant"
     symmetric: ClassVar[bool] = True  # the grid's zero point is fixed at 2^(bits-1) (nothing stored for it)
+    levelled: ClassVar[bool] = False  # as ``SparsityHandler.levelled`` (GPTQ)
 
     def __init__(self, name: str) -> None:
         self.name = name

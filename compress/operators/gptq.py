@@ -39,6 +39,8 @@ def setting_key(spec: QuantSpec) -> str:
 
 
 class GPTQQuant(QuantHandler):
+    levelled = True
+
     def warm(self, ctx: LayerContext, name: str, spec: QuantSpec) -> None:
         self._stored(ctx, name, spec)
 

@@ -37,6 +37,8 @@ def setting_key(cols: int, spec: SparsitySpec) -> str:
 
 
 class SparseGPTSparsity(SparsityHandler):
+    levelled = True
+
     @property
     def needs_stats(self) -> bool:
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +37,12 @@ class Levels(Protocol):
         """A random budget-neutral move of a few layers (``cost`` unchanged, asserted)."""
         ...
 
+    def around(self, levels: np.ndarray, radius: int) -> list[np.ndarray]:
+        """``levels`` with every layer moved by each of -radius..radius of its own steps, clipped to its
+        range (duplicates dropped): together, each layer's settings within ``radius`` moves of ``levels``,
+        what a level database holds around a parent. Not budget-exact: only the layers' settings count."""
+        ...
+
     def allocation(self, levels: np.ndarray) -> Allocation:
         """The allocation ``search.space.enqueue_exact`` turns into the config of ``levels``."""
         ...
@@ -47,3 +54,8 @@ class Levels(Protocol):
     def describe(self) -> dict[str, Any]:
         """What the study's ``evolve`` attribute shows of the grid (JSON)."""
         ...
+
+
+def distinct(vectors: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """The level vectors in order, each once."""
+    return list({v.tobytes(): v for v in vectors}.values())

@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from search.levels.base import distinct
+
 
 class PairedLevels(ABC):
     """Per-layer integer levels in ``[lo, hi]`` with exact per-layer costs; mutations swap cost in pairs."""
@@ -31,6 +33,15 @@ class PairedLevels(ABC):
     @abstractmethod
     def steps(self, giver: int) -> tuple[np.ndarray, np.ndarray]:
         """For a giver and each layer as its taker: (levels the giver goes down, levels the taker goes up)."""
+
+    def around(self, levels: np.ndarray, radius: int) -> list[np.ndarray]:
+        """``Levels.around``: each layer moved by -radius..radius of its smallest move, within ``[lo, hi]``."""
+        unit = self.unit_move()
+        return distinct(np.clip(levels + k * unit, self.lo, self.hi) for k in range(-radius, radius + 1))
+
+    def unit_move(self) -> np.ndarray:
+        """Each layer's smallest move as a giver, in levels (the pair moves are symmetric: a taker's too)."""
+        return np.array([int(np.min(self.steps(i)[0])) for i in range(len(self.lo))], dtype=np.int64)
 
     def cost(self, levels: np.ndarray) -> int:
         return int(self.costs(np.arange(len(levels)), levels).sum())

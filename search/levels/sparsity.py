@@ -18,6 +18,7 @@ from compress.budget import MIN_KEEP, SPARSITY_OPERATORS, Allocation
 from compress.config import CompressionConfig, LayerConfig, QuantSpec
 from compress.layers import LinearLayer
 from compress.leveldb import KeepGrid
+from search.levels.base import distinct
 from search.space import SearchSpace
 
 
@@ -82,6 +83,10 @@ class SparsityLevels:
         child[up] -= self.per_row[up]
         assert self.kept(child) == self.kept(pruned), "a level swap changed the budget"
         return child
+
+    def around(self, pruned: np.ndarray, radius: int) -> list[np.ndarray]:
+        shifted = (np.clip(pruned + k * self.per_row, 0, self.max_pruned) for k in range(-radius, radius + 1))
+        return distinct(shifted)
 
     def allocation(self, pruned: np.ndarray) -> Allocation:
         keep = (self.cols - pruned) / self.cols

@@ -65,12 +65,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from common.errors import ConfigError
+from common.progress import StepProgress
 from compress.baselines import uniform
-from compress.config import config_from_dict
+from compress.config import CompressionConfig, config_from_dict
+from compress.operators import levelled
 from predictor.features import FeatureBuilder
 from predictor.rank import ConfigLayers, ConfigRanker, damage_builder
 from search.context import Workbench
 from search.levels import Levels, level_space
+from search.levels.base import distinct
 from search.measure_trial import FIDELITY_ATTR, fidelity_chunks
 from search.optuna_adapter import SCREENING_ATTR
 from search.space import enqueue_exact
@@ -87,6 +90,12 @@ SCORE_ATTR = "screen_score"
 STUDY_ATTR = "evolve"  # the study's user attribute: where the evolution stands (for the dashboard)
 FIDELITY_RATIO = 4
 MAX_STAGES = 3
+LEVELS = 4  # the level grid's step: EvoPress's, for this many levels either side of the budget
+#: Levels either side of each seed that the level database holds before the first trial. A generation
+#: moves a layer by one level, so a parent's first generations stay inside it; settings further out are
+#: computed when a trial first needs them (and then kept, like the rest).
+DATABASE_RADIUS = 2
+DATABASE_STEP = "level database"  # the setup step's name (the dashboard's, the CLI's)
 PENDING = (TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -185,7 +194,7 @@ class Evolution:
     """The proposer: when the queue is empty, enqueue the next stage of the current generation."""
 
     offspring: int = 8
-    levels: int = 4
+    levels: int = LEVELS
     wait_s: float = 600.0
     poll_s: float = 1.0
     rankers: RankerFactory = field(default_factory=SessionRankers)
@@ -322,6 +331,37 @@ class EvolveStrategy:
 
     def proposer(self) -> Evolution:
         return Evolution()
+
+    def prepare(self, spec: StudySpec, bench: Workbench, seeds: Sequence[CompressionConfig],
+                progress: StepProgress | None = None) -> None:
+        """Build the level database around the seeds, for an operator that computes each (layer, setting)
+        from the calibration data (SparseGPT, GPTQ: ``compress.operators.levelled``); nothing otherwise.
+
+        Every layer at each of its settings within ``DATABASE_RADIUS`` levels of each seed on the grid
+        (of the uniform allocation when none is), computed layer by layer into the model's shared cache
+        (``compress.operators.layer_cache``: every study and worker on the machine reuses it, and a setup
+        cut short resumes where it stopped), reported as the step ``level database`` in layers. The
+        first generations then only load stored tensors.
+        """
+        space = bench.space(spec)
+        levels = level_space(space, LEVELS)
+        session = bench.session(spec.model_id)
+        configs = ([c for c in seeds if levels.on_grid(c)]
+                   or [uniform(session, spec.budget_ratio, spec.operators).config])
+        vectors = distinct(v for c in configs for v in levels.around(levels.read(c), DATABASE_RADIUS))
+        entries = [levels.layer_configs(v) for v in vectors]
+        if not any(levelled(cfg) for cfg in entries[0].values()):
+            return
+        names = [layer.name for layer in space.layers]
+        with session.reporting(progress):
+            for done, name in enumerate(names):
+                if progress:
+                    progress(DATABASE_STEP, done, len(names))
+                settings = {json.dumps(e[name].to_dict(), sort_keys=True): e[name] for e in entries if name in e}
+                for cfg in settings.values():
+                    session.warm(CompressionConfig(model_id=spec.model_id, layers={name: cfg}))
+            if progress:
+                progress(DATABASE_STEP, len(names), len(names))
 
 
 STRATEGY = EvolveStrategy()

@@ -35,6 +35,7 @@ from search.optuna_adapter import completed_trials, other_studies
 from search.space import SearchSpace, enqueue_exact
 from search.spec import StudySpec
 from search.strategies.tpe import tpe_sampler
+from search.strategy_registry import NothingToPrepare
 from search.study import Counts, measured
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class Guide:
 
 
 @dataclass(frozen=True)
-class GuidedStrategy:
+class GuidedStrategy(NothingToPrepare):
     """TPE proposes until the predictor has data; then the guide screens and enqueues between asks."""
 
     def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:

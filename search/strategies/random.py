@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import optuna
 
 from search.spec import StudySpec
-from search.strategy_registry import Proposer
+from search.strategy_registry import NothingToPrepare, Proposer
 
 
 @dataclass(frozen=True)
-class RandomStrategy:
+class RandomStrategy(NothingToPrepare):
     def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=spec.seed + 1000 * worker_index)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import optuna
 
 from search.spec import StudySpec
-from search.strategy_registry import Proposer
+from search.strategy_registry import NothingToPrepare, Proposer
 
 
 def tpe_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -17,7 +17,7 @@ def tpe_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseS
 
 
 @dataclass(frozen=True)
-class TPEStrategy:
+class TPEStrategy(NothingToPrepare):
     def sampler(self, spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
         return tpe_sampler(spec, worker_index)
 

@@ -21,6 +21,7 @@ from search.runner import run_search
 from search.space import to_config
 from search.spec import StudySpec
 from search.strategies.evolve import (
+    DATABASE_STEP,
     PARENT_SOURCE,
     SCORE_ATTR,
     SOURCE,
@@ -259,3 +260,46 @@ def test_session_rankers_build_the_features_once_and_a_fresh_ranker_each_time() 
     first, second = rankers(spec, bench), rankers(spec, bench)
     assert first is not second and first.builder is second.builder
     assert (first.n_observed, first.min_pairs, first.seed) == (0, 8, spec.seed)
+
+
+def _sparsegpt_entries(directory: Path) -> dict[str, set[int]]:
+    """The level-database entries on disk: pruned weights per row, by layer (``<layer>-p<n>-d<damping>``)."""
+    out: dict[str, set[int]] = {}
+    for path in directory.glob("*.safetensors"):
+        layer, _, rest = path.stem.rpartition("-p")
+        out.setdefault(layer, set()).add(int(rest.split("-d")[0]))
+    return out
+
+
+def test_the_setup_builds_the_level_database_around_the_seeds_and_trials_only_load_it(tmp_path: Path) -> None:
+    """SparseGPT under evolve: every layer at each setting within two levels of the seed is computed in the
+    setup, reported layer by layer; the first generation's trials then compute nothing new."""
+    bench = Workbench()
+    spec = StudySpec(**SPEC | {"operators": ["sparsegpt"], "n_trials": 6})  # type: ignore[arg-type]
+    directory = bench.session(spec.model_id).cache_dir / "sparsegpt"
+    reports: list[tuple[str, int, int]] = []
+    built: list[dict[str, set[int]]] = []
+
+    def on_setup(step: str, done: int, total: int) -> None:
+        reports.append((step, done, total))
+        if step == DATABASE_STEP and done == total:
+            built.append(_sparsegpt_entries(directory))
+
+    run_search(spec, storage_url=f"sqlite:///{tmp_path / 's.db'}", study_name="db", bench=bench, on_setup=on_setup)
+    layers = list(bench.space(spec).layers)
+    assert [(d, t) for s, d, t in reports if s == DATABASE_STEP] == [(d, len(layers)) for d in range(len(layers) + 1)]
+    levels = SparsityLevels.of(bench.space(spec), levels=4)
+    centre = levels.read(uniform(bench.session(spec.model_id), spec.budget_ratio, spec.operators).config)
+    assert built[0] == {layer.name: {int(centre[i] + k * levels.per_row[i]) for k in range(-2, 3)}
+                        for i, layer in enumerate(layers)}
+    study, _ = load_study(f"sqlite:///{tmp_path / 's.db'}", "db")
+    assert [t.user_attrs["source"] for t in study.get_trials()] == ["baseline:uniform"] + [SOURCE] * 5
+    assert _sparsegpt_entries(directory) == built[0]  # the offspring (one level from the seed) only loaded
+
+
+def test_a_score_based_operator_has_no_level_database_to_build(tmp_path: Path) -> None:
+    reports: list[str] = []
+    spec = StudySpec(**SPEC | {"n_trials": 1})  # type: ignore[arg-type]
+    run_search(spec, storage_url=f"sqlite:///{tmp_path / 's.db'}", study_name="w", bench=Workbench(),
+               on_setup=lambda step, done, total: reports.append(step))
+    assert "baseline uniform" in reports and DATABASE_STEP not in reports

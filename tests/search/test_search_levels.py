@@ -209,3 +209,22 @@ def test_an_evolve_study_at_a_bits_budget_meets_it(tmp_path: Path) -> None:
     assert len({cfg.quant.bits for cfg in config.layers.values() if cfg.quant}) > 1
     layers = list(Workbench().space(spec).layers)
     assert 8 * model_cost(layers, dict(config.layers)).bytes == 8 * trials[0].user_attrs["bytes"]
+
+
+def test_around_holds_each_layers_settings_within_the_radius_clipped_to_its_range() -> None:
+    space, levels, seed = _seeded_space(BASE | {"budget": 0.5, "operators": ["sparsegpt"]})
+    assert isinstance(levels, SparsityLevels)
+    centre = levels.read(seed)
+    vectors = levels.around(centre, 2)
+    assert len({v.tobytes() for v in vectors}) == len(vectors)
+    for i in range(len(space.layers)):
+        expected = {int(np.clip(centre[i] + k * levels.per_row[i], 0, levels.max_pruned[i])) for k in range(-2, 3)}
+        assert {int(v[i]) for v in vectors} == expected
+    assert len(expected) > 1 and any(np.array_equal(v, centre) for v in vectors)
+
+    _, bits, bits_seed = _seeded_space(BITS)
+    assert isinstance(bits, BitsLevels)
+    start = bits.read(bits_seed)
+    near = bits.around(start, 1)
+    for i in range(len(start)):  # one width either side, never past 2 bits or dense
+        assert {int(v[i]) for v in near} == {int(x) for x in np.clip(start[i] + np.arange(-1, 2), 0, bits.hi[i])}
