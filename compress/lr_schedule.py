@@ -11,7 +11,7 @@ def _constant(step: int, steps: int) -> float:
 
 
 def _cosine(step: int, steps: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))  # past the end: 0, not rising again
 
 
 LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": _constant, "cosine": _cosine}

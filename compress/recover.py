@@ -68,8 +68,10 @@ CHECKPOINT_FORMAT = "slimscout.recover-checkpoint/v1"
 class RecoverSettings:
     """How to recover. ``tokens`` is per optimizer step (one causal sequence of that length, or
     ``tokens // 128`` encoder windows); ``patience`` evaluations without a better search score stop
-    the run early (0: never), and so does a training time over ``max_minutes`` (a guard for a time
-    budget: the schedule still spans ``steps``, so choose steps that fit). ``schedule`` names an
+    the run early (0: never), and so does a training time over ``max_minutes``. With a time budget the
+    schedule spans the steps that fit it (``fitted_horizon``: re-estimated at every evaluation from the
+    seconds per step so far, never past ``steps``), so a cosine decays to its end as the time runs out
+    instead of being cut off near its peak. ``schedule`` names an
     entry of ``LR_SCHEDULES``, applied after ``warmup`` linear-warmup steps. Low-rank factors train
     at ``lr × factor_lr_scale``: on smollm2-135m the whitened-SVD keep-0.8 winner went from search
     perplexity 114.2 to 63.4 in 30 steps at 1e-4, and only to 108.2 at 5e-4, where the
@@ -292,6 +294,15 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, ids: Tensor, *, ca
     return loss
 
 
+def fitted_horizon(steps: int, done: int, seconds: float, budget_s: float) -> int:
+    """The step count the schedule spans under a time budget: the steps done plus as many more as the
+    seconds per step so far (evaluations included) say fit in what is left; within ``[done + 1, steps]``."""
+    if done == 0:
+        return steps
+    more = int((budget_s - seconds) / (seconds / done))
+    return max(done + 1, min(steps, done + more))
+
+
 def search_score(metrics: Metrics) -> float:
     """Lower is better: KL to dense for causal LMs, 1 - cosine for encoders."""
     return metrics.kl if metrics.kl is not None else metrics.score("cosine")
@@ -358,6 +369,7 @@ class _Run:
         self.stale = 0
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0  # training seconds before this process (resumed runs)
+        self.horizon = settings.steps  # the steps the schedule spans (fitted to a time budget)
 
     def evaluate(self) -> tuple[dict[str, float], bool]:
         metrics = self.evaluator.evaluate(self.student)
@@ -380,7 +392,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         rate = learning_rate(self.settings.lr, self.settings.schedule, self.settings.warmup,
-                             self.step, self.settings.steps)
+                             self.step, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = rate * group["lr_scale"]
         torch.nn.utils.clip_grad_norm_(self.params.values(), self.settings.max_grad_norm)
@@ -395,7 +407,7 @@ class _Run:
                 "params": {name: p.detach() for name, p in self.params.items()},
                 "optimizer": self.optimizer.state_dict(), "generator": self.sampler.generator.get_state(),
                 "best_step": self.best_step, "best_score": self.best_score, "best_state": self.best_state,
-                "stale": self.stale, "history": self.history, "seconds": seconds}
+                "stale": self.stale, "history": self.history, "seconds": seconds, "horizon": self.horizon}
 
     def load(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -406,6 +418,7 @@ class _Run:
         self.step, self.best_step, self.best_score = state["step"], state["best_step"], state["best_score"]
         self.best_state, self.stale, self.history = state["best_state"], state["stale"], state["history"]
         self.seconds = float(state["seconds"])
+        self.horizon = int(state.get("horizon", self.horizon))  # checkpoints before time-fitted schedules
 
     def load_best(self) -> None:
         with torch.no_grad():
@@ -451,15 +464,18 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
         _report(on_progress, Progress(0, settings.steps, math.nan, 0.0, math.nan, record, True))
     stopped_early = False
     first_step = run.step
-    while run.step < settings.steps:
+    while run.step < run.horizon:
         loss = run.train_step()
         elapsed = time.perf_counter() - start
-        eta = elapsed / (run.step - first_step) * (settings.steps - run.step)
+        eta = elapsed / (run.step - first_step) * (run.horizon - run.step)
         record_or_none, better, saved = None, False, None
         out_of_time = settings.max_minutes is not None and run.seconds + elapsed >= settings.max_minutes * 60
-        if run.step % settings.eval_every == 0 or run.step == settings.steps or out_of_time:
+        if run.step % settings.eval_every == 0 or run.step == run.horizon or out_of_time:
             record_or_none, better = run.evaluate()
-            save_checkpoint(ckpt, run.state(fingerprint, run.seconds + time.perf_counter() - start))
+            used = run.seconds + time.perf_counter() - start
+            if settings.max_minutes is not None and run.step < run.horizon:  # a schedule that ended stays ended
+                run.horizon = fitted_horizon(settings.steps, run.step, used, settings.max_minutes * 60)
+            save_checkpoint(ckpt, run.state(fingerprint, used))
             saved = ckpt
         _report(on_progress, Progress(run.step, settings.steps, loss, run.seconds + elapsed, eta,
                                       record_or_none, better, saved))
@@ -473,7 +489,8 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
     meta = {**config.meta, "recovered": {
         "steps": settings.steps, "steps_run": run.step, "best_step": run.best_step, "lr": settings.lr,
         "factor_lr_scale": settings.factor_lr_scale,
-        "schedule": settings.schedule, "warmup": settings.warmup, "bf16": settings.bf16,
+        "schedule": settings.schedule, "warmup": settings.warmup, "schedule_steps": run.horizon,
+        "bf16": settings.bf16,
         "tokens_per_step": settings.tokens, "tokens_seen": run.step * settings.tokens,
         "hidden_weight": settings.hidden_weight, "seed": settings.seed, "dataset": settings.dataset,
         "train_extra": list(settings.train_extra), "train_split": "calibration", "early_stop_split": "search",

@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="stop after N evaluations without improvement (default 0: never)")
     parser.add_argument("--max-minutes", type=_positive_float, default=None,
                         help="stop training after this many minutes (evaluated, best state kept); the "
-                             "schedule still spans --steps, so choose steps that fit")
+                             "schedule then spans the steps that fit, re-estimated at every evaluation "
+                             "(at most --steps)")
     parser.add_argument("--dataset", default=DEFAULT_DATASET,
                         help=f"corpus whose calibration split trains and whose search split early-stops "
                              f"(default {DEFAULT_DATASET})")

@@ -12,6 +12,7 @@ def test_cosine_starts_at_the_base_rate_and_decays_to_zero_at_the_last_step() ->
     assert rates[5] == pytest.approx(0.5e-3)
     assert rates[10] == pytest.approx(0.0, abs=1e-18)
     assert all(a > b for a, b in itertools.pairwise(rates))
+    assert learning_rate(1e-3, "cosine", 0, 13, 10) == pytest.approx(0.0, abs=1e-18)  # past the end: not rising again
 
 
 def test_warmup_rises_linearly_then_hands_over_to_the_schedule() -> None:

@@ -18,7 +18,16 @@ from compress.config import CompressionConfig, config_from_dict
 from compress.export import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME, LowRankLinear, load_compressed
 from compress.lr_schedule import learning_rate
 from compress.ops import fake_quant, sdq
-from compress.recover import CHECKPOINT_NAME, Progress, RecoverSettings, Sampler, _Run, distillation_loss, recover
+from compress.recover import (
+    CHECKPOINT_NAME,
+    Progress,
+    RecoverSettings,
+    Sampler,
+    _Run,
+    distillation_loss,
+    fitted_horizon,
+    recover,
+)
 from compress.recover_modules import FactoredLinear, MaskedLinear
 from compress.session import ModelSession
 from slimscout.cli import main
@@ -262,6 +271,35 @@ def test_a_time_budget_stops_training_evaluated_with_the_best_state_written(sess
     assert [h["step"] for h in result.history] == [0.0, 1.0]  # the last step evaluated before stopping
     meta = json.loads((tmp_path / "timed" / CONFIG_NAME).read_text())["meta"]["recovered"]
     assert meta["steps_run"] == 1 and meta["search_after"] == result.after
+
+
+def test_the_steps_that_fit_a_time_budget_are_the_schedules_steps() -> None:
+    assert fitted_horizon(1000, 10, 60.0, 600.0) == 100  # 6 s a step: 90 more fit
+    assert fitted_horizon(50, 10, 60.0, 600.0) == 50  # never past --steps
+    assert fitted_horizon(1000, 10, 700.0, 600.0) == 11  # over budget: the step under way is the last
+    assert fitted_horizon(1000, 0, 0.0, 600.0) == 1000  # nothing measured yet
+
+
+def test_under_a_time_budget_the_cosine_ends_when_the_time_does(session: ModelSession, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that advances 10 s a training step and a 65-second budget: at steps 2 and 4 the schedule is
+    refitted to 6 steps, and the run ends there, its rate decayed, though --steps says 1,000."""
+    clock = [0.0]
+    monkeypatch.setattr("compress.recover.time.perf_counter", lambda: clock[0])
+    step = _Run.train_step
+
+    def timed(run: _Run) -> float:
+        clock[0] += 10.0
+        return step(run)
+
+    monkeypatch.setattr(_Run, "train_step", timed)
+    settings = RecoverSettings(steps=1000, lr=1e-3, warmup=0, tokens=64, eval_every=2, eval_tokens=128,
+                               max_minutes=65 / 60)
+    result = recover(session, make_config(MIX), tmp_path / "fitted", settings=settings)
+    assert (result.steps_run, result.stopped_early) == (6, False)
+    assert [h["step"] for h in result.history] == [0.0, 2.0, 4.0, 6.0]
+    meta = json.loads((tmp_path / "fitted" / CONFIG_NAME).read_text())["meta"]["recovered"]
+    assert (meta["steps"], meta["schedule_steps"], meta["steps_run"]) == (1000, 6, 6)
 
 
 def test_output_loads_like_an_export_and_records_the_recovery(session: ModelSession, tmp_path: Path,
