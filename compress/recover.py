@@ -145,6 +145,7 @@ class RecoverResult:
     peak_rss_mb: float
     resumed_from: int | None
     stopped_early: bool
+    schedule_steps: int  # the steps the learning-rate schedule spanned (fitted to max_minutes)
     history: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -501,7 +502,7 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return RecoverResult(out=out, steps_run=run.step, best_step=run.best_step, before=before, after=after,
                          seconds=seconds, peak_rss_mb=peak_rss_mb(), resumed_from=resumed_from,
-                         stopped_early=stopped_early, history=run.history)
+                         stopped_early=stopped_early, schedule_steps=run.horizon, history=run.history)
 
 
 def distil(session: ModelSession, config: CompressionConfig, settings: RecoverSettings) -> nn.Module:

@@ -78,12 +78,13 @@ def recover_winner(spec: StudySpec, bench: Workbench, config: CompressionConfig,
     every = max(1, min(MAX_EVAL_EVERY, spec.recover_steps // 4))
     settings = RecoverSettings(steps=spec.recover_steps, eval_every=every, eval_tokens=spec.eval_tokens,
                                dataset=spec.dataset, train_extra=tuple(spec.recover_train_extra), seed=spec.seed,
-                               bf16=get_settings().recover_bf16)
+                               bf16=get_settings().recover_bf16, max_minutes=spec.recover_minutes)
     result = recover(bench.session(spec.model_id), config, out, settings=settings, resume=True, force=True,
                      on_progress=lambda p: on_progress(progress_record(p.step, p.steps, p.loss, p.eta_s, p.search)))
     evaluator = bench.evaluator(spec.model_id, spec.dataset, "holdout", spec.holdout_tokens)
     after = evaluator.evaluate(load_model(str(out)).model)
     return {"status": "done", "steps": settings.steps, "steps_run": result.steps_run, "best_step": result.best_step,
+            "max_minutes": settings.max_minutes, "schedule_steps": result.schedule_steps,
             "lr": settings.lr, "bf16": settings.bf16, "tokens_per_step": settings.tokens,
             "train_extra": list(settings.train_extra),
             "resumed_from": result.resumed_from,

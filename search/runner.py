@@ -98,7 +98,8 @@ def run_search(
     summary["best_config"] = best.user_attrs["config"] if best else None
     if best is not None and spec.recover_steps is not None:
         if on_status:
-            on_status(f"recovering the winner ({spec.recover_steps} steps)")
+            budget = f", at most {spec.recover_minutes:g} minutes" if spec.recover_minutes else ""
+            on_status(f"recovering the winner ({spec.recover_steps} steps{budget})")
         out = recover_out or get_settings().cache_dir / "artifacts" / study_name / "recovered"
         summary["recovery"] = recover_winner(spec, bench, config_from_dict(best.user_attrs["config"]), out,
                                              holdout_before=summary["holdout"].get("best"),

@@ -131,6 +131,10 @@ class StudySpec(BaseModel):
         "(compress.recover; masks, ranks and quantisation grids kept), measure it on holdout (the summary's "
         "recovery.holdout_before / holdout_after) and keep it as the study's recovered checkpoint "
         "(/v1/studies/{id}/recovered-checkpoint). None: no recovery"))] = None
+    recover_minutes: Annotated[float | None, Field(gt=0.0, le=24 * 60, description=(
+        "a time budget for the winner's recovery (needs recover_steps, its most steps): the learning-rate "
+        "schedule spans the steps that fit, refitted at every evaluation from the seconds per step so far, "
+        "and training stops there with its best evaluated state. None: exactly recover_steps steps"))] = None
     recover_train_extra: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(
         max_length=8, description=(
             "more corpora (same forms as dataset) whose calibration splits join the dataset's as the "
@@ -157,6 +161,13 @@ class StudySpec(BaseModel):
         if dataset.startswith("hf:") and not HUB_DATASET.match(dataset):
             raise ValueError("expected hf:NAME[/SUB][:CONFIG] (letters, digits, '_', '.', '-'; no '..' parts)")
         return dataset
+
+    @field_validator("recover_minutes")
+    @classmethod
+    def _minutes_of_a_recovery(cls, minutes: float | None, info: ValidationInfo) -> float | None:
+        if minutes is not None and info.data.get("recover_steps") is None:
+            raise ValueError("a time budget for the winner's recovery needs recover_steps (its most steps)")
+        return minutes
 
     @field_validator("recover_train_extra")
     @classmethod

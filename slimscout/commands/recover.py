@@ -9,20 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from compress.corpora import DEFAULT_DATASET
 from compress.lr_schedule import LR_SCHEDULES
-from slimscout.commands._common import add_model_options, non_negative_int, note, positive_int, print_result
+from slimscout.commands._common import (
+    add_model_options,
+    non_negative_int,
+    note,
+    positive_float,
+    positive_int,
+    print_result,
+)
 
 if TYPE_CHECKING:
     from compress.recover import Progress
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -48,8 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--config", required=True, help="config document (slimscout.config/v1 JSON)")
     parser.add_argument("--out", required=True, help="directory to write the recovered model to")
     parser.add_argument("--steps", type=positive_int, default=120, help="optimizer steps (default 120)")
-    parser.add_argument("--lr", type=_positive_float, default=5e-4, help="AdamW peak learning rate (default 5e-4)")
-    parser.add_argument("--factor-lr-scale", type=_positive_float, default=0.2,
+    parser.add_argument("--lr", type=positive_float, default=5e-4, help="AdamW peak learning rate (default 5e-4)")
+    parser.add_argument("--factor-lr-scale", type=positive_float, default=0.2,
                         help="low-rank factors train at lr times this (default 0.2)")
     parser.add_argument("--schedule", choices=sorted(LR_SCHEDULES), default="cosine",
                         help="learning-rate schedule after the warmup (default cosine, to 0 at the last step)")
@@ -68,7 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="search-split tokens per evaluation (default 1024)")
     parser.add_argument("--patience", type=non_negative_int, default=0,
                         help="stop after N evaluations without improvement (default 0: never)")
-    parser.add_argument("--max-minutes", type=_positive_float, default=None,
+    parser.add_argument("--max-minutes", type=positive_float, default=None,
                         help="stop training after this many minutes (evaluated, best state kept); the "
                              "schedule then spans the steps that fit, re-estimated at every evaluation "
                              "(at most --steps)")

@@ -19,6 +19,7 @@ from slimscout.commands._common import (
     budget_float,
     note,
     number_list,
+    positive_float,
     positive_int,
     print_json,
     progress,
@@ -59,6 +60,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--recover-steps", type=positive_int, default=DEFAULTS["recover_steps"],
                         help=StudySpec.model_fields["recover_steps"].description)
+    parser.add_argument("--recover-minutes", type=positive_float, default=None,
+                        help=StudySpec.model_fields["recover_minutes"].description)
     parser.add_argument("--recover-out", help="where the recovered winner goes (--recover-steps; default: "
                                               "the cache's artifacts/<study>/recovered)")
     parser.add_argument("--recover-train-extra", default="",
@@ -97,6 +100,7 @@ def spec_of(args: argparse.Namespace) -> StudySpec | BudgetGroup:
         warm_start=args.warm_start,
         screen_factor=args.screen_factor,
         recover_steps=args.recover_steps,
+        recover_minutes=args.recover_minutes,
         recover_trial_steps=args.recover_trial_steps,
         recover_train_extra=[name.strip() for name in args.recover_train_extra.split(",") if name.strip()],
     )

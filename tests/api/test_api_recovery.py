@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 BODY: dict[str, Any] = {"model_id": "tiny-llama", "budget": 0.5, "operators": ["wanda"], "strategy": "random",
                         "n_trials": 2, "eval_tokens": 64, "holdout_tokens": 128, "sensitivity_tokens": 64,
-                        "baselines": ["uniform"], "recover_steps": 4, "recover_train_extra": ["enwiki"]}
+                        "baselines": ["uniform"], "recover_steps": 4, "recover_train_extra": ["enwiki"],
+                        "recover_minutes": 60.0}
 
 
 class Killed(BaseException):
@@ -88,6 +89,7 @@ def test_a_study_recovers_its_winner_and_a_killed_recovery_resumes(client: TestC
     assert recovery["resumed_from"] == 2 and recovery["steps_run"] == 4  # the dead worker's steps were kept
     assert recovery["bf16"] is True
     assert recovery["train_extra"] == ["enwiki"]
+    assert (recovery["max_minutes"], recovery["schedule_steps"]) == (60.0, 4)  # the time budget reached it; 4 fit
     assert recovery["holdout_before"]["ppl"] == detail["holdout"]["best"]["ppl"]
     after = recovery["holdout_after"]
     assert after["kl"] != recovery["holdout_before"]["kl"]

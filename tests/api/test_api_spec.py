@@ -77,14 +77,14 @@ def test_a_spec_through_the_cli_and_through_the_api_stores_the_same_json(client:
             "--granularity", "layer", "--trials", "12", "--tokens", "64", "--holdout-tokens", "256",
             "--sensitivity-tokens", "128", "--objective", "ppl", "--strategy", "random", "--baselines",
             "uniform,owl", "--no-prune", "--warm-start", "--screen-factor", "2", "--dataset", "lee-news",
-            "--seed", "7", "--recover-steps", "30", "--recover-trial-steps", "3"]
+            "--seed", "7", "--recover-steps", "30", "--recover-minutes", "12.5", "--recover-trial-steps", "3"]
     cli_url = f"sqlite:///{tmp_path / 'cli.db'}"
     cli_study = create_study(cli_url, "cli", spec_of(_cli_search().parse_args(argv)))  # what run_search stores
     body = {"model_id": "tiny-llama", "budget": 0.4, "operators": ["svd-whitened", "wanda", "int8"],
             "granularity": "layer", "n_trials": 12, "eval_tokens": 64, "holdout_tokens": 256,
             "sensitivity_tokens": 128, "objective": "ppl", "strategy": "random", "baselines": ["uniform", "owl"],
             "prune": False, "warm_start": True, "screen_factor": 2, "dataset": "lee-news", "seed": 7,
-            "recover_steps": 30, "recover_trial_steps": 3}
+            "recover_steps": 30, "recover_minutes": 12.5, "recover_trial_steps": 3}
     created = client.post("/v1/studies", json=body)
     assert created.status_code == 201, created.text
     api_study = optuna.load_study(study_name=created.json()["optuna_study_name"], storage=storage_url)

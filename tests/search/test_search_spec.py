@@ -39,6 +39,8 @@ BASE: dict[str, Any] = {"model_id": "tiny-llama", "budget": 0.5}
     ({"strategy": "evolve", "budget": None, "budget_bits": 3.5, "operators": ["gptq"], "screen_factor": 2},
      "screen_factor"),
     ({"baselines": ["owl", "owl"]}, "baselines"),
+    ({"recover_minutes": 15.0}, "recover_minutes"),  # a time budget for a recovery not asked for
+    ({"recover_steps": 100, "recover_minutes": 0}, "recover_minutes"),
     ({"extra": 1}, "extra"),
 ])
 def test_strict_fields_are_refused_by_name(override: dict[str, Any], field: str) -> None:
@@ -51,6 +53,11 @@ def test_an_integer_budget_is_a_number_and_an_encoder_may_use_cosine() -> None:
     assert StudySpec.model_validate(BASE | {"budget": 1}).budget == 1.0
     spec = StudySpec(model_id="tiny-bert", budget=0.5, objective="cosine", dataset="hf:wikitext:wikitext-2-raw-v1")
     assert spec.objective == "cosine"
+
+
+def test_a_recovery_may_have_a_time_budget() -> None:
+    spec = StudySpec.model_validate(BASE | {"recover_steps": 1000, "recover_minutes": 15})
+    assert (spec.recover_steps, spec.recover_minutes) == (1000, 15.0)
 
 
 def test_evolve_screens_sparsity_only() -> None:
