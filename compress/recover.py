@@ -122,7 +122,8 @@ class RecoverSettings:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported after every step; ``search`` is set on the steps that evaluated."""
+    """Reported after every step; ``search`` is set on the steps that evaluated. ``steps``: the steps the
+    run will take (under a time budget, the schedule's, refitted at every evaluation)."""
 
     step: int
     steps: int
@@ -462,7 +463,7 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
     start = time.perf_counter()
     if run.step == 0 and not run.history:
         record, _ = run.evaluate()
-        _report(on_progress, Progress(0, settings.steps, math.nan, 0.0, math.nan, record, True))
+        _report(on_progress, Progress(0, run.horizon, math.nan, 0.0, math.nan, record, True))
     stopped_early = False
     first_step = run.step
     while run.step < run.horizon:
@@ -478,7 +479,7 @@ def recover(session: ModelSession, config: CompressionConfig, out: str | Path, *
                 run.horizon = fitted_horizon(settings.steps, run.step, used, settings.max_minutes * 60)
             save_checkpoint(ckpt, run.state(fingerprint, used))
             saved = ckpt
-        _report(on_progress, Progress(run.step, settings.steps, loss, run.seconds + elapsed, eta,
+        _report(on_progress, Progress(run.step, run.horizon, loss, run.seconds + elapsed, eta,
                                       record_or_none, better, saved))
         if out_of_time or (record_or_none is not None and settings.patience and run.stale >= settings.patience):
             stopped_early = True
