@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: ModelDtype = "float32"
     # Recoveries in a worker (a study's recover_steps, the kl-recovered objective) train under bfloat16
-    # autocast: faster only where bf16 matmuls are (2x on one AVX-512-BF16 CPU, 1.6x slower on another).
+    # autocast: faster only where bf16 matmuls are (2x on one AVX-512-BF16 CPU, 1.5x slower on another).
     recover_bf16: bool = False
     # A model whose linear weights take more bytes than this keeps its dense-weight copies and
     # calibration Grams on disk, read one layer at a time, instead of in memory.

@@ -78,7 +78,7 @@ class RecoverSettings:
     Wanda keep-0.4 winner trains well at 5e-4 (120.8 to 66.5). ``bf16`` runs the
     training forward and backward passes under bfloat16 autocast (the weights, the optimizer and
     every evaluation stay float32): the same search-split KL after 60 steps, and 2x faster per step
-    on one AVX-512-BF16 machine but 1.6x slower on another that reports the same flag (its bf16
+    on one AVX-512-BF16 machine but 1.5x slower on another that reports the same flag (its bf16
     matmul runs at half the float32 rate), so it is a choice to time, not a default.
     ``train_extra`` names more corpora whose calibration splits join ``dataset``'s as training text;
     each step draws its corpus uniformly, then a window in it. Lee news' calibration split is 14k
