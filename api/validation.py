@@ -81,17 +81,16 @@ def check_study(body: StudySpec, settings: Settings) -> tuple[StudySpec, list[di
     model_id, refusal = resolve_model_id(body.model_id, settings)
     if refusal is not None:
         errors.append(error("model_id", refusal, body.model_id))
+    roots = ", ".join(str(root) for root in settings.data_roots) or "none configured"
+    expected = (f"expected {', '.join(BUILTIN_DATASETS)}, hf:NAME[:CONFIG], or a .txt/.jsonl file inside a "
+                f"data root ({roots})")
     dataset = resolve_dataset(body.dataset, settings)
     if dataset is None:
-        roots = ", ".join(str(root) for root in settings.data_roots) or "none configured"
-        errors.append(error("dataset", f"expected {', '.join(BUILTIN_DATASETS)}, hf:NAME[:CONFIG], or a "
-                                       f".txt/.jsonl file inside a data root ({roots})", body.dataset))
+        errors.append(error("dataset", expected, body.dataset))
     extra = [resolve_dataset(name, settings) for name in body.recover_train_extra]
     for name, found in zip(body.recover_train_extra, extra, strict=True):
         if found is None:
-            errors.append(error("recover_train_extra", f"{name!r}: expected {', '.join(BUILTIN_DATASETS)}, "
-                                                       "hf:NAME[:CONFIG], or a .txt/.jsonl file inside a data root",
-                                name))
+            errors.append(error("recover_train_extra", f"{name!r}: {expected}", name))
     if body.n_trials > settings.max_trials:
         errors.append(error("n_trials", f"at most {settings.max_trials} trials per study", body.n_trials))
     for field in ("eval_tokens", "holdout_tokens", "sensitivity_tokens"):
