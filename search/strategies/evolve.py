@@ -348,10 +348,10 @@ class EvolveStrategy:
         session = bench.session(spec.model_id)
         configs = ([c for c in seeds if levels.on_grid(c)]
                    or [uniform(session, spec.budget_ratio, spec.operators).config])
+        if not any(levelled(cfg) for cfg in configs[0].layers.values()):
+            return  # a score-based operator: nothing per setting to build
         vectors = distinct(v for c in configs for v in levels.around(levels.read(c), DATABASE_RADIUS))
         entries = [levels.layer_configs(v) for v in vectors]
-        if not any(levelled(cfg) for cfg in entries[0].values()):
-            return
         names = [layer.name for layer in space.layers]
         with session.reporting(progress):
             for done, name in enumerate(names):
